@@ -1,0 +1,318 @@
+"""Typed run configuration: YAML files plus ``--set key=value`` overrides.
+
+Every field is validated before any data is loaded or any model is built, and an
+error always names the offending key, so a typo never costs a training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and what to do."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"
+    root: str | None = None
+    train_per_class: int | None = None
+    test_per_class: int | None = None
+    class_order: list[int] | str | None = None
+    order_seed: int | None = 1993
+    normalize: str = "mean_std"
+    pad: int = 4
+    flip: bool | None = None
+    brightness: float = 0.0
+    download: bool = False
+
+
+@dataclass
+class ScenarioConfig:
+    base_classes: int = 2
+    steps: int = 4
+
+
+@dataclass
+class MemoryConfig:
+    per_class: int | None = 20
+    total: int | None = None
+    selection: str = "herding"
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet32"
+    last_relu: bool = True
+    shortcut: str = "A"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    base_epochs: int | None = None
+    batch_size: int = 128
+    lr: float = 0.1
+    base_lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    scheduler: str = "cosine"
+    milestones: list[int] = field(default_factory=list)
+    base_milestones: list[int] | None = None
+    lr_decay: float = 0.1
+    device: str = "auto"
+    eval_batch_size: int = 256
+    channels_last: bool = True
+    threads: int | None = None
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's options; each method subclasses it with its own fields."""
+
+    name: str = "icarl"
+
+
+@dataclass
+class Config:
+    seed: int = 1993
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    SCHEDULERS: ClassVar[tuple[str, ...]] = ("cosine", "step", "constant")
+    NORMALIZATIONS: ClassVar[tuple[str, ...]] = ("mean_std", "pixel_mean")
+    DEVICES: ClassVar[tuple[str, ...]] = ("auto", "cpu", "cuda", "mps")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Stable digest of the resolved configuration, for run folders and resume checks."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.sub=value`` -> (``key.sub``, YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. memory.per_class=5)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({exc})") from None
+    return key, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        key, value = parse_override(text)
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass a YAML file from configs/")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
+    raw = apply_overrides(raw, list(overrides or []))
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    from .methods import method_config_class
+
+    raw = dict(raw)
+    method_raw = raw.pop("method", None) or {}
+    if not isinstance(method_raw, dict):
+        raise ConfigError("method must be a section with at least 'name'")
+    name = method_raw.get("name", MethodConfig.name)
+    method_cls = method_config_class(name)
+    cfg = _build(Config, raw, "", skip={"method"})
+    cfg.method = _build(method_cls, method_raw, "method.")
+    validate(cfg)
+    return cfg
+
+
+def _build(cls: type, raw: Any, prefix: str, skip: frozenset[str] | set[str] = frozenset()) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in raw:
+        if key not in fields:
+            hint = difflib.get_close_matches(key, list(fields), n=1)
+            extra = f"; did you mean {prefix}{hint[0]}?" if hint else f"; known keys: {', '.join(sorted(fields))}"
+            raise ConfigError(f"unknown key {prefix}{key}{extra}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in raw.items():
+        if name in skip:
+            continue
+        values[name] = _coerce(hints[name], value, prefix + name)
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ConfigError(f"{key} may not be null")
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: {value!r} fits none of {_type_name(tp)}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list of {_type_name(item)}, got {value!r}")
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Range and consistency checks that need no data on disk."""
+    from .data.datasets import dataset_spec
+    from .data.memory import SELECTIONS
+    from .models import BACKBONES
+
+    spec = dataset_spec(cfg.data.dataset)
+    d, s, m, t = cfg.data, cfg.scenario, cfg.memory, cfg.train
+    _require(d.train_per_class is None or d.train_per_class >= 1, f"data.train_per_class must be >= 1 or null, got {d.train_per_class}")
+    _require(d.test_per_class is None or d.test_per_class >= 1, f"data.test_per_class must be >= 1 or null, got {d.test_per_class}")
+    _require(d.normalize in Config.NORMALIZATIONS, f"data.normalize must be one of {Config.NORMALIZATIONS}, got {d.normalize!r}")
+    _require(d.pad >= 0, f"data.pad must be >= 0, got {d.pad}")
+    _require(0.0 <= d.brightness <= 1.0, f"data.brightness must be in [0, 1], got {d.brightness}")
+    _require(s.base_classes >= 0, f"scenario.base_classes must be >= 0, got {s.base_classes}")
+    _require(
+        s.base_classes < spec.num_classes,
+        f"scenario.base_classes={s.base_classes} leaves no class for increments: {spec.name} has {spec.num_classes} classes",
+    )
+    _require(s.steps >= 1, f"scenario.steps must be >= 1, got {s.steps}")
+    remaining = spec.num_classes - s.base_classes
+    _require(
+        remaining % s.steps == 0,
+        f"scenario.steps={s.steps} does not divide the {remaining} classes left after "
+        f"scenario.base_classes={s.base_classes} on {spec.name} ({spec.num_classes} classes)",
+    )
+    _require(
+        (m.per_class is None) != (m.total is None),
+        "set exactly one of memory.per_class and memory.total (the other to null, "
+        f"e.g. --set memory.per_class=null); got per_class={m.per_class}, total={m.total}",
+    )
+    _require(m.per_class is None or m.per_class >= 0, f"memory.per_class must be >= 0, got {m.per_class}")
+    _require(m.total is None or m.total >= 0, f"memory.total must be >= 0, got {m.total}")
+    _require(m.selection in SELECTIONS, f"memory.selection must be one of {sorted(SELECTIONS)}, got {m.selection!r}")
+    _require(cfg.model.shortcut in ("A", "B"), f"model.shortcut must be 'A' (zero padding) or 'B' (1x1 conv), got {cfg.model.shortcut!r}")
+    _require(cfg.model.backbone in BACKBONES, f"model.backbone must be one of {sorted(BACKBONES)}, got {cfg.model.backbone!r}")
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        value = getattr(t, name)
+        _require(value >= 1, f"train.{name} must be >= 1, got {value}")
+    _require(t.base_epochs is None or t.base_epochs >= 1, f"train.base_epochs must be >= 1 or null, got {t.base_epochs}")
+    _require(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    _require(t.base_lr is None or t.base_lr > 0, f"train.base_lr must be > 0 or null, got {t.base_lr}")
+    _require(0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}")
+    _require(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    _require(0 < t.lr_decay <= 1, f"train.lr_decay must be in (0, 1], got {t.lr_decay}")
+    _require(t.scheduler in Config.SCHEDULERS, f"train.scheduler must be one of {Config.SCHEDULERS}, got {t.scheduler!r}")
+    _require(t.device.split(":")[0] in Config.DEVICES, f"train.device must be one of {Config.DEVICES} (cuda:N allowed), got {t.device!r}")
+    _require(t.threads is None or t.threads >= 1, f"train.threads must be >= 1 or null, got {t.threads}")
+    for key, stones, epochs in (
+        ("train.milestones", t.milestones, t.epochs),
+        ("train.base_milestones", t.base_milestones or [], t.base_epochs or t.epochs),
+    ):
+        _require(all(0 < e < epochs for e in stones), f"{key} must lie strictly between 0 and the epoch count {epochs}, got {stones}")
+        _require(list(stones) == sorted(set(stones)), f"{key} must be increasing, got {stones}")
+    if isinstance(d.class_order, list):
+        _require(
+            sorted(d.class_order) == list(range(spec.num_classes)),
+            f"data.class_order must be a permutation of 0..{spec.num_classes - 1} for {spec.name}",
+        )
+    elif isinstance(d.class_order, str):
+        from .data.scenario import NAMED_ORDERS
+
+        _require(d.class_order in NAMED_ORDERS, f"data.class_order must be a list or one of {sorted(NAMED_ORDERS)}, got {d.class_order!r}")
+        _require(
+            len(NAMED_ORDERS[d.class_order]) == spec.num_classes,
+            f"data.class_order={d.class_order!r} has {len(NAMED_ORDERS[d.class_order])} classes, {spec.name} has {spec.num_classes}",
+        )
+    validate_method = getattr(cfg.method, "validate", None)
+    if validate_method is not None:
+        validate_method()

@@ -1,0 +1,1 @@
+"""Datasets, class orders and scenarios, exemplar memory, batched augmentation."""

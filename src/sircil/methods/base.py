@@ -1,0 +1,125 @@
+"""The contract between a method and the shared incremental trainer.
+
+A method declares only what differs from the others: how its model grows, what its
+forward pass returns (and which entry holds the logits its classification loss sees,
+the ones SIR adjusts), its losses as named terms, an optional phase after the main
+training, and whether it classifies by nearest exemplar mean. It never writes a
+training loop, an optimizer, a checkpoint or a metric.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import Config, MethodConfig
+from ..data.datasets import DatasetSpec
+from ..models import IncrementalLinear, build_backbone
+
+if TYPE_CHECKING:
+    from ..trainer import Trainer
+
+
+@dataclass(frozen=True)
+class Step:
+    """Step ``index`` trains on classes ``[start, end)`` as new; ``[0, start)`` are old."""
+
+    index: int
+    start: int
+    end: int
+
+    @property
+    def num_old(self) -> int:
+        return self.start
+
+    @property
+    def num_new(self) -> int:
+        return self.end - self.start
+
+    @property
+    def num_seen(self) -> int:
+        return self.end
+
+
+class IncrementalNet(nn.Module):
+    """Backbone + growing head; returns the logits and the pooled features."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(x)
+        return {"logits": self.head(features), "features": features}
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy that never trains: eval mode (BatchNorm statistics fixed), no gradients."""
+    old = copy.deepcopy(model)
+    old.eval()
+    old.requires_grad_(False)
+    return old
+
+
+class Method:
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    has_nme: ClassVar[bool] = False
+    # Output entry the classification loss reads; the SIR plug-in adjusts exactly this one.
+    sir_logits: ClassVar[str] = "logits"
+
+    def __init__(self, cfg: Config, spec: DatasetSpec):
+        self.cfg = cfg
+        self.options = cfg.method
+        self.spec = spec
+        self.model = self.build_model()
+        self.old_model: nn.Module | None = None
+
+    def build_model(self) -> nn.Module:
+        m = self.cfg.model
+        backbone = build_backbone(m.backbone, self.spec.channels, last_relu=m.last_relu, shortcut=m.shortcut)
+        return IncrementalNet(backbone, IncrementalLinear(backbone.out_dim))
+
+    def expand(self, step: Step) -> None:
+        """Grow the model for the step's new classes (structure only; resume replays it)."""
+        self.model.head.expand(step.num_new)
+
+    def begin_step(self, step: Step) -> None:
+        """Called before training a step, after :meth:`expand`; keeps the previous model for distillation."""
+        self.old_model = frozen_copy(self.model) if step.index > 0 else None
+
+    def forward(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
+        return self.model(x)
+
+    def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def param_groups(self, step: Step) -> list[dict[str, Any]]:
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+
+    def eval_logits(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Inference outputs: ``logits`` for CNN accuracy, ``features`` for nearest-mean accuracy."""
+        return self.model(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Features for herding and class means; the same space as ``eval_logits``'s features."""
+        return self.eval_logits(x)["features"]
+
+    def after_step(self, step: Step, trainer: "Trainer") -> None:
+        """Optional phase after the main training and the memory update (e.g. classifier finetuning)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+
+
+def classification_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y)

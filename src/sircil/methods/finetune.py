@@ -1,0 +1,28 @@
+"""Finetuning with replay: cross-entropy on new data plus the exemplar memory, nothing else.
+
+The reference point every method is measured against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import MethodConfig
+from . import register_method
+from .base import Method, Step, classification_loss
+
+
+@dataclass
+class FinetuneConfig(MethodConfig):
+    name: str = "finetune"
+
+
+@register_method
+class Finetune(Method):
+    name = "finetune"
+    Config = FinetuneConfig
+
+    def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
+        return {"ce": classification_loss(out["logits"], y)}

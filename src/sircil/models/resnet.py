@@ -1,0 +1,82 @@
+"""CIFAR ResNets (He et al. 2016, section 4.2): 3 stages of n basic blocks, 16/32/64 channels.
+
+ResNet-32 has n = 5. Variants used by the anchors are switches, not copies:
+``last_relu=False`` drops the ReLU after the final block (iCaRL, UCIR), ``shortcut``
+picks zero-padding (option A) or 1x1 conv + BN (option B) downsampling shortcuts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ShortcutA(nn.Module):
+    """Stride-2 subsampling plus zero channels: no parameters."""
+
+    def __init__(self, extra_channels: int):
+        super().__init__()
+        self.extra = extra_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, ::2, ::2]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, shortcut: str, relu_out: bool = True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.relu_out = relu_out
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            if shortcut == "A":
+                self.shortcut = ShortcutA(out_ch - in_ch)
+            else:
+                self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out)) + self.shortcut(x)
+        return F.relu(out) if self.relu_out else out
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int = 32, in_channels: int = 3, last_relu: bool = True, shortcut: str = "A"):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
+        n = (depth - 2) // 6
+        widths = (16, 32, 64)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        stages = []
+        in_ch = widths[0]
+        for s, width in enumerate(widths):
+            blocks = []
+            for b in range(n):
+                last = s == len(widths) - 1 and b == n - 1
+                blocks.append(BasicBlock(in_ch, width, 2 if (b == 0 and s > 0) else 1, shortcut, relu_out=last_relu or not last))
+                in_ch = width
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+        self.out_dim = widths[-1]
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor, return_maps: bool = False):
+        x = F.relu(self.bn1(self.conv1(x)))
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        features = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return (features, maps) if return_maps else features

@@ -1,0 +1,210 @@
+"""The run folder: config, provenance, log, metrics, checkpoints and plot.
+
+Every file is written atomically (temporary file in the same folder, fsync, rename),
+so a crash mid-write leaves the previous version intact and never a truncated file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+
+CHECKPOINT_FORMAT = 1
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used as asked; the message says how to proceed."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=True) + "\n")
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def git_commit() -> str | None:
+    """Commit of the sircil checkout this code runs from, with '-dirty' if it has changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def provenance(config_hash: str, device: torch.device) -> dict[str, Any]:
+    return {
+        "config_hash": config_hash,
+        "sircil_version": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "device": str(device),
+        "device_name": device_name(device),
+        "hostname": platform.node(),
+        "command": sys.argv,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config_file = property(lambda self: self.path / "config.yaml")
+    metrics_file = property(lambda self: self.path / "metrics.json")
+    checkpoint_dir = property(lambda self: self.path / "checkpoints")
+
+    def checkpoint_path(self, step: int) -> Path:
+        return self.checkpoint_dir / f"step_{step:03d}.pt"
+
+    def is_finished(self) -> bool:
+        try:
+            return bool(json.loads(self.metrics_file.read_text()).get("finished"))
+        except (OSError, ValueError):
+            return False
+
+    def recorded_hash(self) -> str | None:
+        try:
+            return json.loads((self.path / "provenance.json").read_text())["config_hash"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def prepare(self, config_yaml: str, config_hash: str, overwrite: bool, require_existing: bool) -> None:
+        """Refuse to clobber a finished run or to resume one made from another config."""
+        existing = self.path.exists() and any(self.path.iterdir())
+        if require_existing and not existing:
+            raise RunFolderError(f"--resume: {self.path} holds no run to resume; drop --resume to start one")
+        if existing and overwrite:
+            for item in sorted(self.path.rglob("*"), reverse=True):
+                item.unlink() if item.is_file() or item.is_symlink() else item.rmdir()
+            existing = False
+        if existing:
+            recorded = self.recorded_hash()
+            if recorded is not None and recorded != config_hash:
+                raise RunFolderError(
+                    f"{self.path} holds a run made from another config (hash {recorded[:12]}, this one {config_hash[:12]}); "
+                    "use another --out folder, or --overwrite to discard that run"
+                )
+            if self.is_finished():
+                raise RunFolderError(f"{self.path} holds a finished run; pass --overwrite to run it again, or choose another --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_file, config_yaml)
+
+    def save_checkpoint(self, step: int, state: dict[str, Any]) -> None:
+        atomic_torch_save(self.checkpoint_path(step), {"format": CHECKPOINT_FORMAT, "sircil_version": __version__, **state})
+
+    def latest_checkpoint(self, log: logging.Logger | None = None) -> dict[str, Any] | None:
+        """The newest checkpoint that loads; a damaged one is reported and skipped."""
+        for path in sorted(self.checkpoint_dir.glob("step_*.pt"), reverse=True):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as exc:  # a torn or foreign file: fall back to the previous step
+                if log:
+                    log.warning("checkpoint %s is unreadable (%s); falling back to the previous one", path, exc)
+                continue
+            if state.get("format") != CHECKPOINT_FORMAT:
+                raise RunFolderError(f"{path} has checkpoint format {state.get('format')}, this sircil reads {CHECKPOINT_FORMAT}")
+            return state
+        return None
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        atomic_write_json(self.metrics_file, metrics)
+        rows = metrics["per_step"]
+        if rows:
+            buffer = io.StringIO()
+            fields = [k for k in rows[0] if not isinstance(rows[0][k], (list, dict))]
+            writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(self.path / "metrics.csv", buffer.getvalue())
+
+    def write_plot(self, metrics: dict[str, Any], title: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = metrics["per_step"]
+        seen = [r["classes_seen"] for r in rows]
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        ax.plot(seen, [r["accuracy"] for r in rows], "o-", label=f"CNN (avg {metrics['average_incremental_accuracy']:.1f})")
+        if rows[0].get("accuracy_nme") is not None:
+            ax.plot(seen, [r["accuracy_nme"] for r in rows], "s--", label=f"NME (avg {metrics['nme']['average_incremental_accuracy']:.1f})")
+        ax.set_xlabel("number of classes seen")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_xticks(seen)
+        ax.grid(alpha=0.3)
+        ax.set_title(title, fontsize=9)
+        ax.legend()
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=120)
+        plt.close(fig)
+        atomic_write_bytes(self.path / "accuracy.png", buffer.getvalue())
+
+
+def setup_logger(path: Path, name: str = "sircil") -> logging.Logger:
+    log = logging.getLogger(f"{name}.{path}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    file_handler = logging.FileHandler(path, mode="a")
+    file_handler.setFormatter(fmt)
+    log.addHandler(file_handler)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    log.addHandler(console)
+    return log

@@ -1,0 +1,360 @@
+"""The one incremental loop shared by every method.
+
+Per step: expand the model, train on new data + memory, update the memory (herding),
+run the method's optional after-step phase, evaluate (CNN and NME), write metrics,
+plot and a checkpoint. Data stays on the training device as uint8 tensors and is
+augmented in batches there; the losses are accumulated on the device and read once
+per epoch, so the inner loop never waits on the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from .config import Config
+from .data.augment import BatchAugment, Normalizer
+from .data.datasets import load_dataset
+from .data.memory import Memory
+from .data.scenario import Scenario, apply_class_order, resolve_class_order
+from .evaluate import class_means, embed_images, infer, nme_predict
+from .methods import Method, Step, method_class
+from .metrics import step_accuracies, summarize, task_accuracies
+from .runfolder import RunFolder, RunFolderError, provenance, atomic_write_json, setup_logger
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+def derive_seed(seed: int, *tags: Any) -> int:
+    """An independent, reproducible seed for each (step, phase, purpose)."""
+    digest = hashlib.sha256(repr((seed,) + tags).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunFolderError(f"train.device={name} but CUDA is not available here; use --set train.device=cpu or auto")
+    return device
+
+
+@dataclass
+class Phase:
+    """One optimization phase: which samples, how long, which schedule, which loss."""
+
+    name: str
+    indices: torch.Tensor
+    epochs: int
+    lr: float
+    loss_fn: LossFn
+    param_groups: list[dict[str, Any]]
+    scheduler: str = "cosine"
+    milestones: list[int] = field(default_factory=list)
+    lr_decay: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    def lr_at(self, epoch: int) -> float:
+        if self.scheduler == "cosine":
+            return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
+        if self.scheduler == "step":
+            return self.lr * self.lr_decay ** sum(epoch >= m for m in self.milestones)
+        return self.lr
+
+
+class Trainer:
+    def __init__(self, cfg: Config, folder: RunFolder, log: logging.Logger):
+        self.cfg, self.folder, self.log = cfg, folder, log
+        self.device = resolve_device(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        dataset = load_dataset(cfg.data)
+        self.spec = dataset.spec
+        self.class_order = resolve_class_order(cfg.data, self.spec.num_classes)
+        dataset = apply_class_order(dataset, self.class_order)
+        self.class_names = dataset.class_names
+        self.train_split = dataset.train.to(self.device)
+        self.test_split = dataset.test.to(self.device)
+        self.scenario = Scenario.from_config(cfg.scenario, self.spec.num_classes)
+        self.channels_last = cfg.train.channels_last
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        self.method: Method = method_class(cfg.method.name)(cfg, self.spec)
+        self.method.model.to(self.device)
+        if self.channels_last:
+            self.method.model.to(memory_format=torch.channels_last)
+        self.memory = Memory(cfg.memory)
+        self.normalizer = Normalizer.from_config(cfg.data, self.spec, self.train_split.images)
+        self.augment = BatchAugment(cfg.data, self.spec, self.normalizer)
+        self.records: list[dict[str, Any]] = []
+        self.matrix: list[list[float]] = []
+        self.matrix_nme: list[list[float]] = []
+
+    # --- the loop -------------------------------------------------------------------
+
+    def step_info(self, t: int) -> Step:
+        return Step(t, self.scenario.start(t), self.scenario.end(t))
+
+    def run(self) -> dict[str, Any]:
+        first = self._resume()
+        self.log.info(
+            "%s on %s: %d train / %d test images on %s, steps of %s classes, order %s...",
+            self.cfg.method.name, self.spec.name, len(self.train_split), len(self.test_split), self.device,
+            list(self.scenario.increments), self.class_order[:10],
+        )
+        for t in range(first, self.scenario.num_steps):
+            self.run_step(t)
+        metrics = self.metrics(finished=True)
+        self.folder.write_metrics(metrics)
+        self.log.info(
+            "done: average incremental accuracy %.2f, last %.2f, forgetting %.2f%s",
+            metrics["average_incremental_accuracy"], metrics["last_accuracy"], metrics["forgetting"],
+            f" (NME: {metrics['nme']['average_incremental_accuracy']:.2f} / {metrics['nme']['last_accuracy']:.2f})" if "nme" in metrics else "",
+        )
+        return metrics
+
+    def run_step(self, t: int) -> None:
+        step = self.step_info(t)
+        wall = time.perf_counter()
+        torch.manual_seed(derive_seed(self.cfg.seed, "expand", t))
+        self.method.expand(step)
+        self.method.begin_step(step)
+        labels = self.train_split.labels
+        new_idx = torch.nonzero((labels >= step.start) & (labels < step.end)).flatten()
+        mem_idx = self.memory.indices().to(self.device)
+        indices = torch.cat([new_idx, mem_idx])
+        self.log.info(
+            "step %d/%d: classes %d-%d new (%s), %d new images + %d exemplars of %d old classes",
+            t, self.scenario.num_steps - 1, step.start, step.end - 1,
+            ", ".join(self.class_names[step.start: step.end][:5]) + ("..." if step.num_new > 5 else ""),
+            new_idx.numel(), mem_idx.numel(), step.num_old,
+        )
+        tc = self.cfg.train
+        base = t == 0
+        phase = Phase(
+            name="train",
+            indices=indices,
+            epochs=(tc.base_epochs or tc.epochs) if base else tc.epochs,
+            lr=(tc.base_lr or tc.lr) if base else tc.lr,
+            loss_fn=self.main_loss(step),
+            param_groups=self.method.param_groups(step),
+            scheduler=tc.scheduler,
+            milestones=(tc.base_milestones if tc.base_milestones is not None else tc.milestones) if base else tc.milestones,
+            lr_decay=tc.lr_decay,
+            momentum=tc.momentum,
+            weight_decay=tc.weight_decay,
+        )
+        images_seen, train_seconds = self.fit(phase, step)
+        self.update_memory(step)
+        self.method.after_step(step, self)
+        record = self.evaluate(step)
+        record.update(
+            train_images=int(indices.numel()),
+            wall_seconds=round(time.perf_counter() - wall, 3),
+            train_images_per_second=round(images_seen / max(train_seconds, 1e-9), 1),
+            parameters=sum(p.numel() for p in self.method.model.parameters()),
+        )
+        self.records.append(record)
+        metrics = self.metrics(finished=False)
+        self.folder.save_checkpoint(t, self.checkpoint_state(t))
+        self.folder.write_metrics(metrics)
+        self.folder.write_plot(metrics, f"{self.cfg.method.name} on {self.spec.name}, memory {self.memory_label()}")
+        self.log.info(
+            "step %d: accuracy %.2f (old %s, new %.2f)%s, %d classes seen",
+            t, record["accuracy"], _fmt(record["accuracy_old"]), record["accuracy_new"],
+            f", NME {record['accuracy_nme']:.2f}" if record.get("accuracy_nme") is not None else "", step.end,
+        )
+
+    def main_loss(self, step: Step) -> LossFn:
+        method = self.method
+
+        def loss_fn(x: torch.Tensor, y: torch.Tensor):
+            out = method.forward(x, step)
+            return method.losses(out, y, step), out[method.sir_logits]
+
+        return loss_fn
+
+    def fit(self, phase: Phase, step: Step) -> tuple[int, float]:
+        """Run a phase; returns (images trained on, seconds spent)."""
+        model = self.method.model
+        optimizer = torch.optim.SGD(phase.param_groups, lr=phase.lr, momentum=phase.momentum, weight_decay=phase.weight_decay)
+        for group in optimizer.param_groups:
+            group.setdefault("lr_scale", 1.0)
+        generator = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, phase.name, step.index))
+        images, labels = self.train_split.images, self.train_split.labels
+        n = int(phase.indices.numel())
+        batch = min(self.cfg.train.batch_size, n)
+        batches = n // batch  # drop the last partial batch: every step has the same shape
+        interactive = sys.stderr.isatty()
+        seen, seconds = 0, 0.0
+        for epoch in range(phase.epochs):
+            lr = phase.lr_at(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            model.train()
+            start = time.perf_counter()
+            perm = torch.randperm(n, generator=generator, device=self.device)
+            sums = torch.zeros((), device=self.device)
+            terms_sum: torch.Tensor | None = None
+            correct = torch.zeros((), device=self.device, dtype=torch.long)
+            bar = tqdm(range(batches), desc=f"step {step.index} {phase.name} {epoch + 1}/{phase.epochs}", leave=False, disable=not interactive)
+            for b in bar:
+                idx = phase.indices[perm[b * batch: (b + 1) * batch]]
+                x = self.augment(images[idx], generator)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = labels[idx]
+                terms, logits = phase.loss_fn(x, y)
+                loss = torch.stack(list(terms.values())).sum()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                sums = sums + loss.detach()
+                stacked = torch.stack([v.detach() for v in terms.values()])
+                terms_sum = stacked if terms_sum is None else terms_sum + stacked
+                correct = correct + (logits.detach().argmax(1) == y).sum()
+            values = (torch.cat([sums.view(1), terms_sum]) / batches).tolist()
+            accuracy = 100.0 * correct.item() / (batches * batch)
+            elapsed = time.perf_counter() - start
+            seen += batches * batch
+            seconds += elapsed
+            if not all(math.isfinite(v) for v in values):
+                raise TrainingError(
+                    f"non-finite loss at step {step.index}, phase {phase.name}, epoch {epoch + 1}: "
+                    f"{dict(zip(['total', *terms], values))}; the checkpoint of step {step.index - 1} is kept. "
+                    "Lower train.lr or check the data."
+                )
+            parts = " ".join(f"{k} {v:.4f}" for k, v in zip(terms, values[1:]))
+            self.log.info(
+                "step %d %s epoch %d/%d: loss %.4f (%s) acc %.1f lr %.4g %.0f img/s",
+                step.index, phase.name, epoch + 1, phase.epochs, values[0], parts, accuracy, lr, batches * batch / max(elapsed, 1e-9),
+            )
+        return seen, seconds
+
+    # --- memory and evaluation ------------------------------------------------------
+
+    def embed(self, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
+        self.method.model.eval()
+        return embed_images(self.method.embed, images, self.cfg.train.eval_batch_size, self.normalizer, self.channels_last, flip)
+
+    def update_memory(self, step: Step) -> None:
+        labels = self.train_split.labels
+        per_class = {k: torch.nonzero(labels == k).flatten() for k in range(step.start, step.end)}
+        generator = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, "memory", step.index))
+        self.memory.add_classes(per_class, lambda idx: self.embed(self.train_split.images[idx]), generator)
+
+    def evaluate(self, step: Step) -> dict[str, Any]:
+        model = self.method.model
+        model.eval()
+        mask = self.test_split.labels < step.end
+        images, labels = self.test_split.images[mask], self.test_split.labels[mask]
+        out = infer(self.method.eval_logits, images, self.cfg.train.eval_batch_size, self.normalizer, self.channels_last)
+        bounds = [(self.scenario.start(j), self.scenario.end(j)) for j in range(step.index + 1)]
+        pred = out["logits"][:, : step.end].argmax(1)
+        cnn = step_accuracies(pred, labels, step.start)
+        self.matrix.append(task_accuracies(pred, labels, bounds))
+        record: dict[str, Any] = {
+            "step": step.index,
+            "classes_seen": step.end,
+            "accuracy": cnn["all"],
+            "accuracy_old": cnn["old"],
+            "accuracy_new": cnn["new"],
+        }
+        if self.method.has_nme:
+            mem = self.memory.indices().to(self.device)
+            feats = self.embed(self.train_split.images[mem], flip=self.augment.flip)
+            means = class_means(feats, self.train_split.labels[mem], step.end)
+            pred_nme = nme_predict(out["features"], means)
+            nme = step_accuracies(pred_nme, labels, step.start)
+            self.matrix_nme.append(task_accuracies(pred_nme, labels, bounds))
+            record.update(accuracy_nme=nme["all"], accuracy_nme_old=nme["old"], accuracy_nme_new=nme["new"])
+        counts = self.memory.counts()
+        record.update(memory_size=sum(counts.values()), memory_per_class=self.memory.quota(len(counts)))
+        return record
+
+    # --- results, checkpoints, resume -----------------------------------------------
+
+    def memory_label(self) -> str:
+        m = self.cfg.memory
+        return f"{m.per_class}/class" if m.per_class is not None else f"{m.total} total"
+
+    def metrics(self, finished: bool) -> dict[str, Any]:
+        metrics: dict[str, Any] = {
+            "method": self.cfg.method.name,
+            "dataset": self.spec.name,
+            "config_hash": self.cfg.hash(),
+            "finished": finished,
+            "class_order": self.class_order,
+            "per_step": self.records,
+            "accuracy_matrix": self.matrix,
+        }
+        metrics.update(summarize([r["accuracy"] for r in self.records], self.matrix))
+        if self.method.has_nme:
+            metrics["accuracy_matrix_nme"] = self.matrix_nme
+            metrics["nme"] = summarize([r["accuracy_nme"] for r in self.records], self.matrix_nme)
+        return metrics
+
+    def checkpoint_state(self, t: int) -> dict[str, Any]:
+        return {
+            "step": t,
+            "config_hash": self.cfg.hash(),
+            "method": self.cfg.method.name,
+            "method_state": self.method.state_dict(),
+            "memory": self.memory.state_dict(),
+            "records": self.records,
+            "matrix": self.matrix,
+            "matrix_nme": self.matrix_nme,
+        }
+
+    def _resume(self) -> int:
+        state = self.folder.latest_checkpoint(self.log)
+        if state is None:
+            return 0
+        if state.get("method") != self.cfg.method.name or state.get("config_hash") != self.cfg.hash():
+            raise RunFolderError(
+                f"checkpoint in {self.folder.checkpoint_dir} was made by method {state.get('method')!r} with config "
+                f"{str(state.get('config_hash'))[:12]}, not by this config ({self.cfg.method.name!r}, {self.cfg.hash()[:12]}); "
+                "use another --out folder or --overwrite"
+            )
+        t = state["step"]
+        for s in range(t + 1):
+            self.method.expand(self.step_info(s))
+        self.method.load_state_dict(state["method_state"])
+        self.memory.load_state_dict(state["memory"])
+        self.records = state["records"][: t + 1]
+        self.matrix = state["matrix"][: t + 1]
+        self.matrix_nme = state["matrix_nme"][: t + 1]
+        self.log.info("resuming after step %d from %s", t, self.folder.checkpoint_path(t))
+        return t + 1
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def run_experiment(cfg: Config, out: str | Path, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    folder = RunFolder(out)
+    folder.prepare(cfg.to_yaml(), cfg.hash(), overwrite=overwrite, require_existing=resume)
+    log = setup_logger(folder.path / "log.txt")
+    trainer = Trainer(cfg, folder, log)
+    atomic_write_json(folder.path / "provenance.json", provenance(cfg.hash(), trainer.device))
+    try:
+        return trainer.run()
+    finally:
+        for handler in list(log.handlers):
+            handler.close()
+            log.removeHandler(handler)

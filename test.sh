@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test suite (CPU only, a few minutes): sets up .venv and the data, then runs pytest.
+set -euo pipefail
+source "$(dirname "$0")/scripts/setup-env.sh"
+cd "$ROOT"
+exec python -m pytest -q "$@"

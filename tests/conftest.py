@@ -1,0 +1,102 @@
+"""Shared fixtures: the real Fashion-MNIST files, and small datasets written in the official formats."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sircil.config import config_from_dict
+from sircil.data import datasets
+
+FASHION_ROOT = Path(os.environ.get("SIRCIL_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+
+
+@pytest.fixture(scope="session")
+def fashion_root() -> Path:
+    if not (FASHION_ROOT / "train-images-idx3-ubyte.gz").is_file():
+        message = f"real Fashion-MNIST not found in {FASHION_ROOT}: apt-get install dataset-fashion-mnist"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return FASHION_ROOT
+
+
+def fashion_config(**sections) -> dict:
+    """A tiny B2-4steps run on real Fashion-MNIST slices; sections override by key."""
+    raw = {
+        "seed": 7,
+        "method": {"name": "finetune"},
+        "data": {"dataset": "fashion_mnist", "root": str(FASHION_ROOT), "train_per_class": 100, "test_per_class": 100},
+        "scenario": {"base_classes": 2, "steps": 4},
+        "memory": {"per_class": 20},
+        "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "device": "cpu", "scheduler": "cosine"},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
+    return raw
+
+
+def make_config(raw: dict):
+    return config_from_dict(raw)
+
+
+def md5_bytes(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def class_templates(num_classes: int, channels: int, size: int, seed: int) -> np.ndarray:
+    """Distinct, smooth per-class images, so that a small network separates the classes quickly."""
+    rng = np.random.RandomState(seed)
+    coarse = rng.randint(0, 256, size=(num_classes, channels, 4, 4))
+    return np.kron(coarse, np.ones((1, 1, size // 4, size // 4))).astype(np.float64)
+
+
+def noisy_samples(templates: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.RandomState(seed)
+    labels = np.tile(np.arange(templates.shape[0]), per_class)
+    images = templates[labels] + rng.normal(0, 20, size=(labels.size,) + templates.shape[1:])
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+def write_cifar100(root: Path, monkeypatch, train_per_class: int = 6, test_per_class: int = 3, seed: int = 0) -> Path:
+    """Write train/test/meta pickles in the exact cifar-100-python format and register their md5s."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    templates = class_templates(100, 3, 32, seed)
+    for name, per_class, s in (("train", train_per_class, seed + 1), ("test", test_per_class, seed + 2)):
+        images, labels = noisy_samples(templates, per_class, s)
+        entry = {"data": images.reshape(len(labels), -1), "fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist()}
+        (folder / name).write_bytes(pickle.dumps(entry))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"class{i:02d}" for i in range(100)]}))
+    for name in ("train", "test", "meta"):
+        monkeypatch.setitem(datasets.CIFAR100_MD5, name, md5_bytes((folder / name).read_bytes()))
+    return folder
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_fashion_idx(root: Path, monkeypatch, train_per_class: int = 5, test_per_class: int = 2, compress: bool = True) -> Path:
+    """Write the four IDX files (optionally gzipped) and register their content md5s."""
+    root.mkdir(parents=True, exist_ok=True)
+    templates = class_templates(10, 1, 28, 3)
+    for prefix, per_class, s in (("train", train_per_class, 4), ("t10k", test_per_class, 5)):
+        images, labels = noisy_samples(templates, per_class, s)
+        for kind, array in (("images-idx3-ubyte", images[:, 0]), ("labels-idx1-ubyte", labels)):
+            data = idx_bytes(array)
+            name = f"{prefix}-{kind}"
+            path = root / (name + (".gz" if compress else ""))
+            path.write_bytes(gzip.compress(data) if compress else data)
+            monkeypatch.setitem(datasets.FASHION_MNIST_MD5, name, md5_bytes(data))
+    return root

@@ -1,0 +1,72 @@
+import pytest
+
+from sircil.config import ConfigError, load_config, parse_override
+from sircil.methods.icarl import ICaRLConfig
+
+from conftest import fashion_config, make_config
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    files = sorted(Path(__file__).resolve().parents[1].glob("configs/**/*.yaml"))
+    assert files, "no configs shipped"
+    for path in files:
+        load_config(path)
+
+
+def test_overrides_reach_nested_fields(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: {name: icarl}\ndata: {dataset: fashion_mnist}\n")
+    cfg = load_config(path, ["memory.per_class=5", "scenario.steps=8", "scenario.base_classes=2", "train.lr=1e-3", "data.class_order=[0,1,2,3,4,5,6,7,8,9]"])
+    assert cfg.memory.per_class == 5 and cfg.scenario.steps == 8
+    assert cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.data.class_order == list(range(10))
+    assert isinstance(cfg.method, ICaRLConfig)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.epoch=3", "train.epoch; did you mean train.epochs"),
+        ("memory.per_class=-1", "memory.per_class must be >= 0"),
+        ("scenario.base_classes=12", "scenario.base_classes=12"),
+        ("method.name=nosuch", "method.name must be one of"),
+        ("memory.total=100", "exactly one of memory.per_class and memory.total"),
+        ("train.batch_size=many", "train.batch_size must be an integer"),
+        ("scenario.steps=3", "scenario.steps=3 does not divide"),
+        ("data.dataset=mnist", "data.dataset must be one of"),
+        ("train.milestones=[5, 2]", "train.milestones"),
+        ("data.class_order=[0,1]", "data.class_order must be a permutation"),
+        ("model.backbone=vgg", "model.backbone must be one of"),
+        ("nosection.x=1", "unknown key nosection"),
+    ],
+)
+def test_bad_values_fail_before_training_naming_the_key(tmp_path, override, fragment):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {dataset: fashion_mnist}\nscenario: {base_classes: 2, steps: 4}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, [override])
+    assert fragment in str(err.value)
+
+
+def test_override_syntax_errors_are_explained():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("memory.per_class")
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_hash_is_stable_and_sensitive():
+    a = make_config(fashion_config())
+    b = make_config(fashion_config())
+    c = make_config(fashion_config(memory={"per_class": 5}))
+    assert a.hash() == b.hash() != c.hash()
+
+
+def test_total_memory_budget_is_accepted():
+    cfg = make_config(fashion_config(memory={"per_class": None, "total": 200}))
+    assert cfg.memory.total == 200 and cfg.memory.per_class is None

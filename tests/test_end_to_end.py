@@ -1,0 +1,144 @@
+"""Whole runs on real Fashion-MNIST slices (and CIFAR-format files): the engine end to end."""
+
+import json
+
+import pytest
+
+from sircil.cli import main
+from sircil.runfolder import RunFolderError
+from sircil.trainer import Trainer, run_experiment
+
+from conftest import fashion_config, make_config, write_cifar100
+
+VOLATILE = {"wall_seconds", "train_images_per_second"}
+
+
+def stable(metrics: dict) -> dict:
+    """Metrics without the timing fields, which differ between identical runs."""
+    out = {k: v for k, v in metrics.items() if k != "per_step"}
+    out["per_step"] = [{k: v for k, v in r.items() if k not in VOLATILE} for r in metrics["per_step"]]
+    return out
+
+
+def assert_beats_chance(metrics: dict, key: str = "accuracy") -> None:
+    for record in metrics["per_step"]:
+        chance = 100.0 / record["classes_seen"]
+        assert record[key] >= max(1.5 * chance, chance + 15), (record["step"], record[key], chance)
+
+
+@pytest.fixture(scope="module")
+def finetune_run(fashion_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finetune")
+    raw = fashion_config(data={"order_seed": None})
+    return raw, out, run_experiment(make_config(raw), out)
+
+
+def test_finetune_runs_end_to_end_and_beats_chance(finetune_run):
+    raw, out, metrics = finetune_run
+    assert metrics["finished"] and len(metrics["per_step"]) == 5
+    assert_beats_chance(metrics)
+    for name in ("config.yaml", "log.txt", "metrics.json", "metrics.csv", "accuracy.png", "provenance.json"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"step_{t:03d}.pt" for t in range(5)]
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["average_incremental_accuracy"] == pytest.approx(metrics["average_incremental_accuracy"])
+    assert [len(row) for row in on_disk["accuracy_matrix"]] == [1, 2, 3, 4, 5]
+    first = on_disk["per_step"][1]
+    assert {"classes_seen", "accuracy", "accuracy_old", "accuracy_new"} <= set(first)
+    assert first["memory_size"] == 40 and first["classes_seen"] == 4
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("step,classes_seen,accuracy")
+    assert "epoch 3/3" in (out / "log.txt").read_text()
+
+
+def test_same_seed_gives_identical_metrics(finetune_run, tmp_path):
+    raw, _, metrics = finetune_run
+    again = run_experiment(make_config(raw), tmp_path / "again")
+    assert stable(again) == stable(metrics)
+
+
+def test_interrupted_run_resumes_to_the_same_metrics(finetune_run, tmp_path, monkeypatch):
+    raw, _, metrics = finetune_run
+    original = Trainer.run_step
+
+    def crash_after_step_two(self, t):
+        if t == 3:
+            raise KeyboardInterrupt("simulated kill")
+        original(self, t)
+
+    monkeypatch.setattr(Trainer, "run_step", crash_after_step_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(make_config(raw), tmp_path / "run")
+    monkeypatch.setattr(Trainer, "run_step", original)
+    resumed = run_experiment(make_config(raw), tmp_path / "run")
+    assert "resuming after step 2" in (tmp_path / "run" / "log.txt").read_text()
+    assert stable(resumed) == stable(metrics)
+
+
+def test_finished_run_is_not_overwritten(finetune_run):
+    raw, out, _ = finetune_run
+    with pytest.raises(RunFolderError, match="finished run"):
+        run_experiment(make_config(raw), out)
+    changed = fashion_config(data={"order_seed": None}, memory={"per_class": 5})
+    with pytest.raises(RunFolderError, match="another config"):
+        run_experiment(make_config(changed), out)
+
+
+def test_icarl_end_to_end_with_nme(fashion_root, tmp_path):
+    raw = fashion_config(
+        method={"name": "icarl"},
+        data={"order_seed": None, "normalize": "pixel_mean"},
+        model={"last_relu": False},
+        train={"lr": 2.0, "weight_decay": 2e-5, "epochs": 4, "scheduler": "step", "milestones": [3], "lr_decay": 0.2},
+    )
+    metrics = run_experiment(make_config(raw), tmp_path / "icarl")
+    assert_beats_chance(metrics, "accuracy_nme")
+    assert len(metrics["accuracy_matrix_nme"]) == 5 and "nme" in metrics
+
+
+def test_fixed_total_memory_budget(fashion_root, tmp_path):
+    raw = fashion_config(
+        data={"order_seed": None, "train_per_class": 30, "test_per_class": 20},
+        memory={"per_class": None, "total": 24},
+        train={"epochs": 1},
+    )
+    metrics = run_experiment(make_config(raw), tmp_path / "total")
+    assert [r["memory_per_class"] for r in metrics["per_step"]] == [12, 6, 4, 3, 2]
+    assert all(r["memory_size"] <= 24 for r in metrics["per_step"])
+
+
+def test_cifar100_code_path_end_to_end(tmp_path, monkeypatch):
+    write_cifar100(tmp_path / "data", monkeypatch, train_per_class=10, test_per_class=4)
+    raw = {
+        "seed": 3,
+        "method": {"name": "finetune"},
+        "data": {"dataset": "cifar100", "root": str(tmp_path / "data")},
+        "scenario": {"base_classes": 50, "steps": 5},
+        "memory": {"per_class": 2},
+        "train": {"epochs": 4, "batch_size": 64, "lr": 0.05, "device": "cpu"},
+    }
+    metrics = run_experiment(make_config(raw), tmp_path / "run")
+    assert [r["classes_seen"] for r in metrics["per_step"]] == [50, 60, 70, 80, 90, 100]
+    assert_beats_chance(metrics)
+
+
+def test_cli_rejects_bad_values_before_training(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {dataset: fashion_mnist}\n")
+    assert main(["run", str(path), "--set", "memory.per_class=-3", "--out", str(tmp_path / "out")]) == 2
+    assert "memory.per_class must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_run_and_config_commands(fashion_root, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"data: {{dataset: fashion_mnist, root: {fashion_root}, train_per_class: 20, test_per_class: 10}}\n"
+        "method: {name: finetune}\nscenario: {base_classes: 8, steps: 1}\ntrain: {epochs: 1, batch_size: 32, device: cpu}\n"
+    )
+    assert main(["config", str(path), "--set", "memory.per_class=3"]) == 0
+    assert "per_class: 3" in capsys.readouterr().out
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["finished"]
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "finished run" in capsys.readouterr().err
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--overwrite"]) == 0

@@ -1,0 +1,38 @@
+import torch
+
+from sircil.models import IncrementalLinear, build_backbone
+
+
+def test_resnet32_shape_and_size():
+    net = build_backbone("resnet32", 3)
+    # He et al. report 0.46M; 463,504 + a 10-way fc (650) = the 464,154 of the usual CIFAR-10 count
+    assert sum(p.numel() for p in net.parameters()) == 463_504
+    feats, maps = net(torch.randn(2, 3, 32, 32), return_maps=True)
+    assert feats.shape == (2, 64) and [m.shape[1:] for m in maps] == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+    assert build_backbone("resnet32", 1)(torch.randn(2, 1, 28, 28)).shape == (2, 64)
+
+
+def test_last_relu_switch():
+    torch.manual_seed(0)
+    with_relu = build_backbone("resnet32", 3).eval()
+    without = build_backbone("resnet32", 3, last_relu=False).eval()
+    without.load_state_dict(with_relu.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    _, maps = without(x, return_maps=True)
+    assert (maps[-1] < 0).any() and torch.equal(with_relu(x), without(x).new_tensor(torch.relu(maps[-1]).mean((2, 3))))
+
+
+def test_option_b_shortcut_has_projection_parameters():
+    a = sum(p.numel() for p in build_backbone("resnet32", 3, shortcut="A").parameters())
+    b = sum(p.numel() for p in build_backbone("resnet32", 3, shortcut="B").parameters())
+    assert b > a
+
+
+def test_head_expansion_keeps_old_rows():
+    head = IncrementalLinear(8)
+    head.expand(3)
+    old_w, old_b = head.weight.detach().clone(), head.bias.detach().clone()
+    head.expand(2)
+    assert head.out_features == 5
+    assert torch.equal(head.weight[:3], old_w) and torch.equal(head.bias[:3], old_b)
+    assert head(torch.randn(4, 8)).shape == (4, 5)
