@@ -19,12 +19,20 @@ import torch
 from sircil.config import load_config
 from sircil.data.datasets import dataset_spec
 from sircil.methods import method_class
-from sircil.runfolder import atomic_write_json, atomic_write_text
+from sircil.runfolder import RunFolder, atomic_write_json, atomic_write_text
 from sircil.trainer import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 GRID = [(method, m) for method in ("finetune", "icarl") for m in (20, 1)]
+
+
+def run_or_reuse(cfg, out: Path) -> dict:
+    """A finished run of this exact config is reused, an interrupted one resumed, anything else replaced."""
+    folder = RunFolder(out)
+    if folder.is_finished() and folder.recorded_hash() == cfg.hash():
+        return json.loads(folder.metrics_file.read_text())
+    return run_experiment(cfg, out, overwrite=folder.recorded_hash() not in (None, cfg.hash()))
 
 
 def pure_step_throughput(config_path: Path, steps: int = 20, warmup: int = 3) -> float:
@@ -60,10 +68,7 @@ def main() -> None:
     for method, m in GRID:
         config = ROOT / "configs" / "fashion_mnist" / f"{method}_b2_4steps.yaml"
         cfg = load_config(config, [f"memory.per_class={m}", "train.device=cpu", *args.set])
-        out = Path(args.runs_dir) / f"{method}_m{m}"
-        metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
-        if not metrics.get("finished") or metrics.get("config_hash") != cfg.hash():
-            metrics = run_experiment(cfg, out, overwrite=True)
+        metrics = run_or_reuse(cfg, Path(args.runs_dir) / f"{method}_m{m}")
         steps = metrics["per_step"]
         images = sum(r["train_images"] for r in steps)
         rows.append({

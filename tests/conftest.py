@@ -32,10 +32,10 @@ def fashion_config(**sections) -> dict:
     raw = {
         "seed": 7,
         "method": {"name": "finetune"},
-        "data": {"dataset": "fashion_mnist", "root": str(FASHION_ROOT), "train_per_class": 100, "test_per_class": 100},
+        "data": {"dataset": "fashion_mnist", "root": str(FASHION_ROOT), "train_per_class": 200, "test_per_class": 100},
         "scenario": {"base_classes": 2, "steps": 4},
         "memory": {"per_class": 20},
-        "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "device": "cpu", "scheduler": "cosine"},
+        "train": {"epochs": 4, "batch_size": 32, "lr": 0.02, "device": "cpu", "scheduler": "cosine"},
     }
     for section, values in sections.items():
         if isinstance(values, dict):
@@ -47,6 +47,16 @@ def fashion_config(**sections) -> dict:
 
 def make_config(raw: dict):
     return config_from_dict(raw)
+
+
+VOLATILE = {"wall_seconds", "train_images_per_second"}
+
+
+def stable(metrics: dict) -> dict:
+    """Metrics without the timing fields, which differ between identical runs."""
+    out = {k: v for k, v in metrics.items() if k != "per_step"}
+    out["per_step"] = [{k: v for k, v in r.items() if k not in VOLATILE} for r in metrics["per_step"]]
+    return out
 
 
 def md5_bytes(data: bytes) -> str:

@@ -78,6 +78,16 @@ class TrainConfig:
 
 
 @dataclass
+class SIRConfig:
+    """SIR plug-in (sir.py): each part has its own switch, so ablations are a --set away."""
+
+    enabled: bool = False
+    fc: float = 1.0  # tau; 0 switches frequency compensation off
+    ca: float = 1.0  # gamma; 1 switches chronological attenuation off
+    it: float = 0.0  # lambda, in the method's logit units before any scale; 0 switches IT off
+
+
+@dataclass
 class MethodConfig:
     """Base of every method's options; each method subclasses it with its own fields."""
 
@@ -93,6 +103,8 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sir: SIRConfig = field(default_factory=SIRConfig)
+    cache_dir: str | None = None
 
     SCHEDULERS: ClassVar[tuple[str, ...]] = ("cosine", "step", "constant")
     NORMALIZATIONS: ClassVar[tuple[str, ...]] = ("mean_std", "pixel_mean")
@@ -313,6 +325,9 @@ def validate(cfg: Config) -> None:
             len(NAMED_ORDERS[d.class_order]) == spec.num_classes,
             f"data.class_order={d.class_order!r} has {len(NAMED_ORDERS[d.class_order])} classes, {spec.name} has {spec.num_classes}",
         )
+    _require(cfg.sir.fc >= 0, f"sir.fc (tau) must be >= 0, got {cfg.sir.fc}")
+    _require(0 < cfg.sir.ca <= 1, f"sir.ca (gamma) must be in (0, 1], got {cfg.sir.ca}")
+    _require(cfg.sir.it >= 0, f"sir.it (lambda) must be >= 0, got {cfg.sir.it}")
     validate_method = getattr(cfg.method, "validate", None)
     if validate_method is not None:
         validate_method()

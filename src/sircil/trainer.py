@@ -9,7 +9,9 @@ per epoch, so the inner loop never waits on the host.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
 import math
 import sys
@@ -21,6 +23,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
+from . import __version__
 from .config import Config
 from .data.augment import BatchAugment, Normalizer
 from .data.datasets import load_dataset
@@ -29,7 +32,8 @@ from .data.scenario import Scenario, apply_class_order, resolve_class_order
 from .evaluate import class_means, embed_images, infer, nme_predict
 from .methods import Method, Step, method_class
 from .metrics import step_accuracies, summarize, task_accuracies
-from .runfolder import RunFolder, RunFolderError, provenance, atomic_write_json, setup_logger
+from .runfolder import RunFolder, RunFolderError, atomic_torch_save, atomic_write_json, provenance, setup_logger
+from .sir import SIR
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]
 
@@ -100,9 +104,12 @@ class Trainer:
         self.memory = Memory(cfg.memory)
         self.normalizer = Normalizer.from_config(cfg.data, self.spec, self.train_split.images)
         self.augment = BatchAugment(cfg.data, self.spec, self.normalizer)
+        self.sir = SIR(cfg.sir) if cfg.sir.enabled else None
+        self.class_steps = torch.tensor([self.scenario.step_of_class(k) for k in range(self.spec.num_classes)])
         self.records: list[dict[str, Any]] = []
         self.matrix: list[list[float]] = []
         self.matrix_nme: list[list[float]] = []
+        self.base_step_cached = False
 
     # --- the loop -------------------------------------------------------------------
 
@@ -143,6 +150,8 @@ class Trainer:
             ", ".join(self.class_names[step.start: step.end][:5]) + ("..." if step.num_new > 5 else ""),
             new_idx.numel(), mem_idx.numel(), step.num_old,
         )
+        if self.sir is not None:
+            self.begin_sir(step, indices)
         tc = self.cfg.train
         base = t == 0
         phase = Phase(
@@ -158,7 +167,16 @@ class Trainer:
             momentum=tc.momentum,
             weight_decay=tc.weight_decay,
         )
-        images_seen, train_seconds = self.fit(phase, step)
+        cache = self.base_cache_path(indices) if base else None
+        if cache is not None and cache.is_file():
+            self.method.load_state_dict(torch.load(cache, map_location=self.device, weights_only=False))
+            self.base_step_cached = True
+            images_seen, train_seconds = 0, 0.0
+            self.log.info("step 0: trained base model taken from the cache %s", cache)
+        else:
+            images_seen, train_seconds = self.fit(phase, step)
+            if cache is not None:
+                atomic_torch_save(cache, self.method.state_dict())
         self.update_memory(step)
         self.method.after_step(step, self)
         record = self.evaluate(step)
@@ -178,12 +196,23 @@ class Trainer:
             t, record["accuracy"], _fmt(record["accuracy_old"]), record["accuracy_new"],
             f", NME {record['accuracy_nme']:.2f}" if record.get("accuracy_nme") is not None else "", step.end,
         )
+        if "logit_bias_old_minus_new" in record:
+            self.log.info(
+                "step %d: mean test logit old %.3f / new %.3f, bias old - new %.3f without SIR's adjustment (inference)%s",
+                t, record["mean_logit_old"], record["mean_logit_new"], record["logit_bias_old_minus_new"],
+                f", {record['logit_bias_old_minus_new_sir_view']:.3f} with SIR's training adjustment" if self.sir else "",
+            )
 
     def main_loss(self, step: Step) -> LossFn:
         method = self.method
 
+        sir = self.sir
+
         def loss_fn(x: torch.Tensor, y: torch.Tensor):
             out = method.forward(x, step)
+            if sir is not None:
+                scale = out[method.sir_scale] if method.sir_scale else 1.0
+                out[method.sir_logits] = sir.adjust(out[method.sir_logits], y, scale)
             return method.losses(out, y, step), out[method.sir_logits]
 
         return loss_fn
@@ -245,6 +274,53 @@ class Trainer:
             )
         return seen, seconds
 
+    def begin_sir(self, step: Step, indices: torch.Tensor) -> None:
+        """Rebuild SIR's counts, ages and (with IT) the old model's class similarity for this step."""
+        labels = self.train_split.labels[indices]
+        embed = lambda: self.embed(self.train_split.images[indices])  # noqa: E731  (the model is still the old one)
+        self.sir.begin_step(step.index, step.num_old, step.num_seen, labels, self.class_steps, embed)
+        counts = self.sir.counts.tolist()
+        self.log.info(
+            "SIR: counts %s -> training offsets %s",
+            counts[: step.num_seen], [round(v, 3) for v in self.sir.offset.tolist()],
+        )
+        pairs = self.sir.top_pairs(step.num_old)
+        if pairs:
+            self.log.info(
+                "SIR IT: most similar old/new pairs in the old model: %s",
+                ", ".join(f"{self.class_names[a]} ~ {self.class_names[b]} ({v:.2f})" for a, b, v in pairs),
+            )
+            path = self.folder.path / "sir_similarity.pt"
+            saved = torch.load(path, weights_only=False) if path.is_file() else {}
+            saved[step.index] = {
+                "similarity": self.sir.similarity.cpu(),
+                "num_old": step.num_old,
+                "class_names": self.class_names[: step.num_seen],
+            }
+            atomic_torch_save(path, saved)
+
+    def base_cache_path(self, indices: torch.Tensor) -> Path | None:
+        """Cache file of the trained base model, keyed by exactly what the base step's training depends on."""
+        if self.cfg.cache_dir is None:
+            return None
+        cfg, tc = self.cfg, self.cfg.train
+        counts = torch.bincount(self.train_split.labels[indices]).tolist()
+        key = {
+            "sircil": __version__,
+            "seed": cfg.seed,
+            "data": dataclasses.asdict(cfg.data),
+            "model": dataclasses.asdict(cfg.model),
+            "method": dataclasses.asdict(cfg.method),
+            "base_classes": cfg.scenario.base_classes,
+            "train": [tc.base_epochs or tc.epochs, tc.base_lr or tc.lr, tc.base_milestones if tc.base_milestones is not None else tc.milestones,
+                      tc.batch_size, tc.momentum, tc.weight_decay, tc.scheduler, tc.lr_decay, tc.channels_last],
+            "device": self.device.type,
+            # SIR is a no-op on a base step whose classes are equally frequent: only then may runs share it
+            "sir": dataclasses.asdict(cfg.sir) if cfg.sir.enabled and len(set(counts)) > 1 else None,
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        return Path(cfg.cache_dir) / f"base-{cfg.method.name}-{digest}.pt"
+
     # --- memory and evaluation ------------------------------------------------------
 
     def embed(self, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
@@ -274,6 +350,13 @@ class Trainer:
             "accuracy_old": cnn["old"],
             "accuracy_new": cnn["new"],
         }
+        if step.num_old > 0:
+            logits = out["logits"][:, : step.end]
+            old, new = self.mean_logits(logits, step.start)
+            record.update(mean_logit_old=old, mean_logit_new=new, logit_bias_old_minus_new=old - new)
+            if self.sir is not None:
+                old, new = self.mean_logits(self.sir.adjust(logits, labels), step.start)
+                record["logit_bias_old_minus_new_sir_view"] = old - new
         if self.method.has_nme:
             mem = self.memory.indices().to(self.device)
             feats = self.embed(self.train_split.images[mem], flip=self.augment.flip)
@@ -285,6 +368,11 @@ class Trainer:
         counts = self.memory.counts()
         record.update(memory_size=sum(counts.values()), memory_per_class=self.memory.quota(len(counts)))
         return record
+
+    @staticmethod
+    def mean_logits(logits: torch.Tensor, start: int) -> tuple[float, float]:
+        """Mean old-class and new-class logit over the test set; their difference is the bias SIR targets."""
+        return float(logits[:, :start].mean()), float(logits[:, start:].mean())
 
     # --- results, checkpoints, resume -----------------------------------------------
 
@@ -298,6 +386,7 @@ class Trainer:
             "dataset": self.spec.name,
             "config_hash": self.cfg.hash(),
             "finished": finished,
+            "base_step_cached": self.base_step_cached,
             "class_order": self.class_order,
             "per_step": self.records,
             "accuracy_matrix": self.matrix,
@@ -318,6 +407,7 @@ class Trainer:
             "records": self.records,
             "matrix": self.matrix,
             "matrix_nme": self.matrix_nme,
+            "base_step_cached": self.base_step_cached,
         }
 
     def _resume(self) -> int:
@@ -338,6 +428,7 @@ class Trainer:
         self.records = state["records"][: t + 1]
         self.matrix = state["matrix"][: t + 1]
         self.matrix_nme = state["matrix_nme"][: t + 1]
+        self.base_step_cached = state["base_step_cached"]
         self.log.info("resuming after step %d from %s", t, self.folder.checkpoint_path(t))
         return t + 1
 

@@ -73,6 +73,9 @@ class Method:
     has_nme: ClassVar[bool] = False
     # Output entry the classification loss reads; the SIR plug-in adjusts exactly this one.
     sir_logits: ClassVar[str] = "logits"
+    # Output entry holding the scale applied to cosine similarities, when the logits are
+    # scaled cosines: SIR's IT margins are given before the scale (None: plain logits).
+    sir_scale: ClassVar[str | None] = None
 
     def __init__(self, cfg: Config, spec: DatasetSpec):
         self.cfg = cfg

@@ -1,0 +1,106 @@
+"""SIR, Self-Paced Imbalance Rectification (Liu, Zhu, Cao, arXiv 2202.03703), as a plug-in.
+
+SIR changes only the logits that a method's classification loss sees during training
+(the method names them in ``Method.sir_logits``); inference uses the raw logits. Its
+state is rebuilt at every step from the step's actual training set, so it adapts by
+itself to any memory size or budget policy. The three parts, each with its own switch
+(see docs/sir.md and ../shared/docs/SIR_METHOD.md):
+
+- frequency compensation (FC):   z~_k = z_k + tau * w_k * log(n_k / n_max)
+- chronological attenuation (CA): w_k = gamma ** max(a_k - 1, 0), a_k the age of class k
+- inheritance transfer (IT):      z~_j += lambda * S(y, j) for the classes j across the
+  old/new boundary from the target y, S the old model's class similarity.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .config import SIRConfig
+
+
+def frequency_margins(counts: torch.Tensor) -> torch.Tensor:
+    """SIR Sec. FC: b_k = log(n_k / n_max); 0 for the most frequent classes and for classes absent from the step."""
+    counts = counts.float()
+    present = counts > 0
+    b = torch.zeros_like(counts)
+    b[present] = torch.log(counts[present] / counts.max())
+    return b
+
+
+def attenuation_weights(ages: torch.Tensor, gamma: float) -> torch.Tensor:
+    """SIR Sec. CA: w_k = gamma ** max(a_k - 1, 0): full compensation for new and one-step-old classes."""
+    return gamma ** (ages - 1).clamp(min=0).float()
+
+
+def class_gaussians(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class mean and diagonal standard deviation of (already normalized) features."""
+    d = features.shape[1]
+    counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1).unsqueeze(1)
+    sums = torch.zeros(num_classes, d, device=features.device).index_add_(0, labels, features)
+    squares = torch.zeros(num_classes, d, device=features.device).index_add_(0, labels, features * features)
+    mean = sums / counts
+    var = (squares / counts - mean * mean).clamp(min=0)
+    return mean, var.sqrt()
+
+
+def wasserstein_similarity(mean: torch.Tensor, std: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    """SIR Sec. IT: S = exp(-W2^2 / T_d), W2^2 = ||mu_k - mu_j||^2 + ||sigma_k - sigma_j||^2,
+    T_d the median distance over the old/new pairs (``cross``)."""
+    d = torch.cdist(mean, mean).pow(2) + torch.cdist(std, std).pow(2)
+    pairs = d[cross]
+    temperature = pairs.median().clamp(min=1e-12) if pairs.numel() else torch.tensor(1.0, device=d.device)
+    return torch.exp(-d / temperature)
+
+
+class SIR:
+    """Per-step state (margins, similarity) and the per-batch logit adjustment."""
+
+    def __init__(self, cfg: SIRConfig):
+        self.cfg = cfg
+        self.offset: torch.Tensor | None = None
+        self.it_margin: torch.Tensor | None = None
+        self.similarity: torch.Tensor | None = None
+        self.counts: torch.Tensor | None = None
+
+    def begin_step(
+        self,
+        step_index: int,
+        num_old: int,
+        num_seen: int,
+        train_labels: torch.Tensor,
+        class_steps: torch.Tensor,
+        embed: Callable[[], torch.Tensor] | None,
+    ) -> None:
+        """``train_labels``: labels of the step's whole training set (new data + memory);
+        ``class_steps[k]``: the step that introduced class k; ``embed()``: features of that
+        training set under the frozen old model (only called when IT is on and old classes exist)."""
+        cfg = self.cfg
+        self.counts = torch.bincount(train_labels, minlength=num_seen)[:num_seen]
+        ages = step_index - class_steps[:num_seen].to(train_labels.device)
+        self.offset = cfg.fc * attenuation_weights(ages, cfg.ca) * frequency_margins(self.counts)
+        self.it_margin = self.similarity = None
+        if cfg.it > 0 and num_old > 0 and embed is not None:
+            is_new = torch.arange(num_seen, device=train_labels.device) >= num_old
+            cross = is_new[:, None] != is_new[None, :]
+            mean, std = class_gaussians(embed(), train_labels, num_seen)
+            self.similarity = wasserstein_similarity(mean, std, cross)
+            self.it_margin = cfg.it * self.similarity * cross
+
+    def adjust(self, logits: torch.Tensor, y: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+        """Training logits z~. ``scale`` converts IT's margins into the logits' units when the
+        method scales cosine similarities (lambda is given before the scale)."""
+        z = logits + self.offset.to(logits.dtype)
+        if self.it_margin is not None:
+            z = z + self.it_margin[y].to(logits.dtype) * scale
+        return z
+
+    def top_pairs(self, num_old: int, k: int = 5) -> list[tuple[int, int, float]]:
+        """The k most similar (old, new) class pairs: the likeliest confusions IT separates."""
+        if self.similarity is None:
+            return []
+        block = self.similarity[:num_old, num_old:]
+        values, flat = block.flatten().topk(min(k, block.numel()))
+        return [(int(i) // block.shape[1], num_old + int(i) % block.shape[1], float(v)) for v, i in zip(values, flat)]
