@@ -70,3 +70,27 @@ def test_hash_is_stable_and_sensitive():
 def test_total_memory_budget_is_accepted():
     cfg = make_config(fashion_config(memory={"per_class": None, "total": 200}))
     assert cfg.memory.total == 200 and cfg.memory.per_class is None
+
+
+def test_extends_layers_a_file_on_another(tmp_path):
+    (tmp_path / "base.yaml").write_text("method: {name: icarl}\ndata: {dataset: fashion_mnist, pad: 2}\nmemory: {per_class: 20}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nmemory: {per_class: 5}\ndata: {pad: 3}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.memory.per_class == 5 and cfg.data.pad == 3 and cfg.data.dataset == "fashion_mnist"
+    assert cfg.method.name == "icarl"
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml does not exist"):
+        load_config(tmp_path / "orphan.yaml")
+
+
+def test_method_options_are_typed_per_method(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: {name: podnet, proxies: 4}\ndata: {dataset: fashion_mnist}\n")
+    assert load_config(path).method.proxies == 4
+    with pytest.raises(ConfigError, match="unknown key method.proxies"):
+        load_config(path, ["method.name=ucir"])
+    with pytest.raises(ConfigError, match="method.proxies must be >= 1"):
+        load_config(path, ["method.proxies=0"])

@@ -32,6 +32,8 @@ class DataConfig:
     class_order: list[int] | str | None = None
     order_seed: int | None = 1993
     normalize: str = "mean_std"
+    mean: list[float] | None = None
+    std: list[float] | None = None
     pad: int = 4
     flip: bool | None = None
     brightness: float = 0.0
@@ -55,7 +57,9 @@ class MemoryConfig:
 class ModelConfig:
     backbone: str = "resnet32"
     last_relu: bool = True
+    block_relu: bool = True
     shortcut: str = "A"
+    zero_init_residual: bool = False
 
 
 @dataclass
@@ -71,6 +75,7 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)
     base_milestones: list[int] | None = None
     lr_decay: float = 0.1
+    grad_clip_value: float | None = None
     device: str = "auto"
     eval_batch_size: int = 256
     channels_last: bool = True
@@ -153,18 +158,33 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a dict; ``extends: other.yaml`` (relative to the file) layers it on another."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass a YAML file from configs/")
+    if path.resolve() in chain:
+        raise ConfigError(f"config file {path} extends itself through {' -> '.join(map(str, chain))}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    return deep_merge(read_yaml(path.parent / parent, chain + (path.resolve(),)), raw)
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass a YAML file from configs/")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
+    raw = read_yaml(Path(path)) if path is not None else {}
     raw = apply_overrides(raw, list(overrides or []))
     return config_from_dict(raw)
 
@@ -271,6 +291,9 @@ def validate(cfg: Config) -> None:
     _require(d.test_per_class is None or d.test_per_class >= 1, f"data.test_per_class must be >= 1 or null, got {d.test_per_class}")
     _require(d.normalize in Config.NORMALIZATIONS, f"data.normalize must be one of {Config.NORMALIZATIONS}, got {d.normalize!r}")
     _require(d.pad >= 0, f"data.pad must be >= 0, got {d.pad}")
+    for key, values in (("data.mean", d.mean), ("data.std", d.std)):
+        _require(values is None or len(values) == spec.channels, f"{key} needs {spec.channels} value(s) for {spec.name}, got {values}")
+    _require(d.std is None or all(v > 0 for v in d.std), f"data.std must be > 0, got {d.std}")
     _require(0.0 <= d.brightness <= 1.0, f"data.brightness must be in [0, 1], got {d.brightness}")
     _require(s.base_classes >= 0, f"scenario.base_classes must be >= 0, got {s.base_classes}")
     _require(
@@ -305,6 +328,7 @@ def validate(cfg: Config) -> None:
     _require(0 < t.lr_decay <= 1, f"train.lr_decay must be in (0, 1], got {t.lr_decay}")
     _require(t.scheduler in Config.SCHEDULERS, f"train.scheduler must be one of {Config.SCHEDULERS}, got {t.scheduler!r}")
     _require(t.device.split(":")[0] in Config.DEVICES, f"train.device must be one of {Config.DEVICES} (cuda:N allowed), got {t.device!r}")
+    _require(t.grad_clip_value is None or t.grad_clip_value > 0, f"train.grad_clip_value must be > 0 or null, got {t.grad_clip_value}")
     _require(t.threads is None or t.threads >= 1, f"train.threads must be >= 1 or null, got {t.threads}")
     for key, stones, epochs in (
         ("train.milestones", t.milestones, t.epochs),

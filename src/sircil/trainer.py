@@ -72,6 +72,10 @@ class Phase:
     lr_decay: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    grad_clip_value: float | None = None
+    # Puts the model in its training state each epoch (default: model.train()); a phase that
+    # trains only a classifier keeps the backbone's BatchNorm statistics fixed with it.
+    train_mode: Callable[[], None] | None = None
 
     def lr_at(self, epoch: int) -> float:
         if self.scheduler == "cosine":
@@ -139,7 +143,7 @@ class Trainer:
         wall = time.perf_counter()
         torch.manual_seed(derive_seed(self.cfg.seed, "expand", t))
         self.method.expand(step)
-        self.method.begin_step(step)
+        self.method.begin_step(step, self)
         labels = self.train_split.labels
         new_idx = torch.nonzero((labels >= step.start) & (labels < step.end)).flatten()
         mem_idx = self.memory.indices().to(self.device)
@@ -166,6 +170,7 @@ class Trainer:
             lr_decay=tc.lr_decay,
             momentum=tc.momentum,
             weight_decay=tc.weight_decay,
+            grad_clip_value=tc.grad_clip_value,
         )
         cache = self.base_cache_path(indices) if base else None
         if cache is not None and cache.is_file():
@@ -223,6 +228,8 @@ class Trainer:
         optimizer = torch.optim.SGD(phase.param_groups, lr=phase.lr, momentum=phase.momentum, weight_decay=phase.weight_decay)
         for group in optimizer.param_groups:
             group.setdefault("lr_scale", 1.0)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        train_mode = phase.train_mode or model.train
         generator = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, phase.name, step.index))
         images, labels = self.train_split.images, self.train_split.labels
         n = int(phase.indices.numel())
@@ -234,7 +241,7 @@ class Trainer:
             lr = phase.lr_at(epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            model.train()
+            train_mode()
             start = time.perf_counter()
             perm = torch.randperm(n, generator=generator, device=self.device)
             sums = torch.zeros((), device=self.device)
@@ -251,6 +258,8 @@ class Trainer:
                 loss = torch.stack(list(terms.values())).sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if phase.grad_clip_value is not None:
+                    torch.nn.utils.clip_grad_value_(params, phase.grad_clip_value)
                 optimizer.step()
                 sums = sums + loss.detach()
                 stacked = torch.stack([v.detach() for v in terms.values()])
@@ -326,6 +335,11 @@ class Trainer:
     def embed(self, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
         self.method.model.eval()
         return embed_images(self.method.embed, images, self.cfg.train.eval_batch_size, self.normalizer, self.channels_last, flip)
+
+    def embed_classes(self, classes: range) -> dict[int, torch.Tensor]:
+        """L2-normalized features of every training sample of each class, under the current model."""
+        labels = self.train_split.labels
+        return {k: self.embed(self.train_split.images[labels == k]) for k in classes}
 
     def update_memory(self, step: Step) -> None:
         labels = self.train_split.labels

@@ -31,8 +31,8 @@ class Normalizer:
             scale = torch.ones(1, spec.channels, 1, 1, device=device)
             fill = torch.zeros(1, spec.channels, 1, 1, device=device)
         else:
-            shift = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
-            scale = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
+            shift = torch.tensor(cfg.mean or spec.mean, device=device).view(1, -1, 1, 1)
+            scale = torch.tensor(cfg.std or spec.std, device=device).view(1, -1, 1, 1)
             fill = -shift / scale
         return cls(shift, scale, fill)
 

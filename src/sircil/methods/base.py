@@ -86,15 +86,24 @@ class Method:
 
     def build_model(self) -> nn.Module:
         m = self.cfg.model
-        backbone = build_backbone(m.backbone, self.spec.channels, last_relu=m.last_relu, shortcut=m.shortcut)
-        return IncrementalNet(backbone, IncrementalLinear(backbone.out_dim))
+        return IncrementalNet(self.build_backbone(), IncrementalLinear(self.feature_dim))
+
+    def build_backbone(self) -> nn.Module:
+        m = self.cfg.model
+        backbone = build_backbone(
+            m.backbone, self.spec.channels, last_relu=m.last_relu, shortcut=m.shortcut,
+            block_relu=m.block_relu, zero_init_residual=m.zero_init_residual,
+        )
+        self.feature_dim = backbone.out_dim
+        return backbone
 
     def expand(self, step: Step) -> None:
         """Grow the model for the step's new classes (structure only; resume replays it)."""
         self.model.head.expand(step.num_new)
 
-    def begin_step(self, step: Step) -> None:
-        """Called before training a step, after :meth:`expand`; keeps the previous model for distillation."""
+    def begin_step(self, step: Step, trainer: "Trainer") -> None:
+        """Called before training a step, after :meth:`expand`; keeps the previous model for distillation.
+        ``trainer`` gives access to the data (e.g. ``trainer.embed_classes`` for weight imprinting)."""
         self.old_model = frozen_copy(self.model) if step.index > 0 else None
 
     def forward(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:

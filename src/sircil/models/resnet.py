@@ -1,8 +1,10 @@
 """CIFAR ResNets (He et al. 2016, section 4.2): 3 stages of n basic blocks, 16/32/64 channels.
 
 ResNet-32 has n = 5. Variants used by the anchors are switches, not copies:
-``last_relu=False`` drops the ReLU after the final block (iCaRL, UCIR), ``shortcut``
-picks zero-padding (option A) or 1x1 conv + BN (option B) downsampling shortcuts.
+``last_relu=False`` drops the ReLU after the final block (iCaRL, UCIR), ``block_relu=False``
+after every other residual addition too (PODNet), ``shortcut`` picks zero-padding (option A)
+or 1x1 conv + BN (option B) downsampling shortcuts, ``zero_init_residual`` starts each
+block's last BatchNorm at gamma 0 (PODNet).
 """
 
 from __future__ import annotations
@@ -46,7 +48,15 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, depth: int = 32, in_channels: int = 3, last_relu: bool = True, shortcut: str = "A"):
+    def __init__(
+        self,
+        depth: int = 32,
+        in_channels: int = 3,
+        last_relu: bool = True,
+        shortcut: str = "A",
+        block_relu: bool = True,
+        zero_init_residual: bool = False,
+    ):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
@@ -60,7 +70,7 @@ class CifarResNet(nn.Module):
             blocks = []
             for b in range(n):
                 last = s == len(widths) - 1 and b == n - 1
-                blocks.append(BasicBlock(in_ch, width, 2 if (b == 0 and s > 0) else 1, shortcut, relu_out=last_relu or not last))
+                blocks.append(BasicBlock(in_ch, width, 2 if (b == 0 and s > 0) else 1, shortcut, relu_out=last_relu if last else block_relu))
                 in_ch = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
@@ -71,6 +81,10 @@ class CifarResNet(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, BasicBlock):
+                    nn.init.zeros_(module.bn2.weight)
 
     def forward(self, x: torch.Tensor, return_maps: bool = False):
         x = F.relu(self.bn1(self.conv1(x)))

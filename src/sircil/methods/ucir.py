@@ -1,0 +1,112 @@
+"""UCIR / LUCIR (Hou et al., CVPR 2019): cosine normalization, less-forget constraint, inter-class separation.
+
+Recipe of the official code (hshustc/CVPR19_Incremental_Learning) on CIFAR-100: ResNet-32
+without the final ReLU and with 1x1-conv shortcuts, 160 epochs, lr 0.1 / 10 at 80 and 120,
+weight decay 5e-4; the cosine head's old-class weights frozen in increments, new ones
+imprinted; herding with 20 exemplars per class; CNN and NME evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ConfigError, MethodConfig
+from ..models.cosine import CosineClassifier
+from . import register_method
+from .base import Method, Step, frozen_copy
+
+if TYPE_CHECKING:
+    from ..trainer import Trainer
+
+
+@dataclass
+class UCIRConfig(MethodConfig):
+    name: str = "ucir"
+    lambda_base: float = 5.0  # less-forget weight, multiplied by sqrt(old / new)
+    margin: float = 0.5  # margin ranking
+    hard_negatives: int = 2  # K
+    ranking_weight: float = 1.0
+
+    def validate(self) -> None:
+        if self.lambda_base < 0 or self.margin < 0 or self.ranking_weight < 0 or self.hard_negatives < 1:
+            raise ConfigError("method.lambda_base, method.margin, method.ranking_weight must be >= 0 and method.hard_negatives >= 1")
+
+
+class CosineNet(nn.Module):
+    """Backbone + cosine head with a learned scale sigma (init 1)."""
+
+    def __init__(self, backbone: nn.Module, head: CosineClassifier):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(x)
+        cosines = self.head(features)
+        return {"logits": self.scale * cosines, "cosines": cosines, "scale": self.scale, "features": features}
+
+
+def less_forget_loss(features: torch.Tensor, old_features: torch.Tensor) -> torch.Tensor:
+    """UCIR Sec. 3.2, less-forget constraint: 1 - cos(f*(x), f(x)) between old and new normalized features."""
+    return (1 - F.cosine_similarity(features, old_features, dim=1)).mean()
+
+
+def margin_ranking_loss(cosines: torch.Tensor, y: torch.Tensor, num_old: int, k: int, margin: float) -> torch.Tensor:
+    """UCIR Sec. 3.3, inter-class separation: for old-class samples, the ground-truth cosine must beat
+    each of the K highest new-class cosines by ``margin`` (unscaled cosines)."""
+    is_old = (y < num_old).float()
+    target = cosines.gather(1, y.unsqueeze(1))
+    hardest = cosines[:, num_old:].topk(min(k, cosines.shape[1] - num_old), dim=1).values
+    hinge = (margin - target + hardest).clamp(min=0).sum(1)
+    # a mask, not boolean indexing, keeps the batch shape static (no host sync)
+    return (hinge * is_old).sum() / (is_old.sum().clamp(min=1) * hardest.shape[1])
+
+
+@register_method
+class UCIR(Method):
+    name = "ucir"
+    Config = UCIRConfig
+    has_nme = True
+    sir_scale = "scale"
+
+    def build_model(self) -> nn.Module:
+        backbone = self.build_backbone()
+        return CosineNet(backbone, CosineClassifier(self.feature_dim))
+
+    def expand(self, step: Step) -> None:
+        self.model.head.expand(step.num_new)
+
+    def begin_step(self, step: Step, trainer: "Trainer") -> None:
+        self.old_model = frozen_copy(self.model) if step.index > 0 else None
+        if step.index > 0:
+            feats = trainer.embed_classes(range(step.start, step.end))
+            self.model.head.imprint([feats[k].mean(0, keepdim=True) for k in range(step.start, step.end)])
+
+    def param_groups(self, step: Step) -> list[dict[str, Any]]:
+        head = self.model.head
+        newest = head.weights[-1]
+        trainable = [p for p in self.model.parameters() if p.requires_grad and all(p is not w for w in head.weights)]
+        return [{"params": trainable + [newest]}]  # old-class weights frozen (lr 0, wd 0): left out
+
+    def forward(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
+        out = self.model(x)
+        if self.old_model is not None:
+            with torch.no_grad():
+                out["old_features"] = self.old_model.backbone(x)
+        return out
+
+    def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
+        terms = {"ce": F.cross_entropy(out["logits"], y)}
+        if step.num_old > 0:
+            o = self.options
+            weight = o.lambda_base * math.sqrt(step.num_old / step.num_new)
+            terms["less_forget"] = weight * less_forget_loss(out["features"], out["old_features"])
+            terms["margin_ranking"] = o.ranking_weight * margin_ranking_loss(out["cosines"], y, step.num_old, o.hard_negatives, o.margin)
+        return terms

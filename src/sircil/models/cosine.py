@@ -1,0 +1,71 @@
+"""Cosine classifiers: UCIR's cosine-normalized head and PODNet's Local Similarity Classifier.
+
+Both return per-class similarities *before* any scale; the method applies its (learned)
+scale, so that SIR can express its inheritance-transfer margins in cosine units.
+Weights are kept per step in a ParameterList, so the rows of old classes can be frozen
+by leaving their parameter out of the optimizer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CosineClassifier(nn.Module):
+    """``proxies`` weight vectors per class; similarity per proxy is cos(x, w) (UCIR) or
+    -||x/|x| - w/|w|||^2 = 2 cos - 2 (PODNet's LSC); proxies merge by a softmax over the
+    class's proxies (PODNet: gamma 1), i.e. sum_k softmax(gamma s_k) s_k."""
+
+    def __init__(self, in_features: int, proxies: int = 1, similarity: str = "cosine", merge_gamma: float = 1.0):
+        super().__init__()
+        if similarity not in ("cosine", "neg_squared_distance"):
+            raise ValueError(f"unknown similarity {similarity!r}")
+        self.in_features = in_features
+        self.proxies = proxies
+        self.similarity = similarity
+        self.merge_gamma = merge_gamma
+        self.weights = nn.ParameterList()
+
+    @property
+    def out_features(self) -> int:
+        return sum(w.shape[0] for w in self.weights) // self.proxies
+
+    def expand(self, n_new: int) -> None:
+        device = self.weights[0].device if len(self.weights) else None
+        w = torch.empty(n_new * self.proxies, self.in_features, device=device)
+        nn.init.kaiming_normal_(w, nonlinearity="linear")
+        self.weights.append(nn.Parameter(w))
+
+    def imprint(self, class_features: list[torch.Tensor]) -> None:
+        """Set the newest step's weights from normalized features, one tensor per new class holding
+        ``proxies`` rows (a class mean, or k-means centres), scaled to the mean norm of the old rows."""
+        new = F.normalize(torch.cat(class_features), dim=1)
+        old = torch.cat(list(self.weights[:-1])) if len(self.weights) > 1 else None
+        norm = old.norm(dim=1).mean() if old is not None else 1.0
+        with torch.no_grad():
+            self.weights[-1].copy_(new * norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = F.normalize(torch.cat(list(self.weights)), dim=1)
+        cos = F.linear(F.normalize(x, dim=1), w)
+        s = cos if self.similarity == "cosine" else 2 * cos - 2
+        if self.proxies == 1:
+            return s
+        s = s.view(x.shape[0], -1, self.proxies)
+        return (torch.softmax(self.merge_gamma * s, dim=-1) * s).sum(-1)
+
+
+def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, iterations: int = 20) -> torch.Tensor:
+    """Lloyd's k-means on the device; returns k centres (fewer samples than k: samples repeated)."""
+    n = x.shape[0]
+    if n <= k:
+        return x[torch.arange(k, device=x.device) % n]
+    centres = x[torch.randperm(n, generator=generator, device=generator.device)[:k].to(x.device)]
+    for _ in range(iterations):
+        assign = torch.cdist(x, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).unsqueeze(1)
+        centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+    return centres
