@@ -24,6 +24,8 @@ import torch
 from . import __version__
 
 CHECKPOINT_FORMAT = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class RunFolderError(RuntimeError):
@@ -34,6 +36,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make run files private
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
