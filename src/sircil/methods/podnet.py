@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError, MethodConfig
-from ..models.cosine import CosineClassifier, kmeans
+from ..models.cosine import CosineClassifier, ScaledCosineNet, kmeans, old_classes_frozen
 from . import register_method
 from .base import Method, Step, frozen_copy
 
@@ -46,23 +46,6 @@ class PODNetConfig(MethodConfig):
             raise ConfigError("method.proxies must be >= 1, method.finetune_epochs >= 0, method.finetune_lr > 0")
         if min(self.nca_margin, self.pod_spatial, self.pod_flat) < 0:
             raise ConfigError("method.nca_margin, method.pod_spatial and method.pod_flat must be >= 0")
-
-
-class PODNetModel(nn.Module):
-    def __init__(self, backbone: nn.Module, head: CosineClassifier):
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.scale = nn.Parameter(torch.ones(()))
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features, maps = self.backbone(x, return_maps=True)
-        similarities = self.head(features)
-        # With the margin on the target, d(loss)/d(scale) > 0 while s_y - margin < max_j s_j, so an
-        # unconstrained scale falls through 0 early on and the classifier inverts (seen: -25 after
-        # the base step). Kept at or above its initial value 1.
-        scale = self.scale.clamp(min=1.0)
-        return {"logits": scale * similarities, "scale": scale, "features": features, "maps": maps}
 
 
 def nca_loss(logits: torch.Tensor, y: torch.Tensor, margin: torch.Tensor | float) -> torch.Tensor:
@@ -99,10 +82,10 @@ class PODNet(Method):
     def build_model(self) -> nn.Module:
         backbone = self.build_backbone()
         head = CosineClassifier(self.feature_dim, proxies=self.options.proxies, similarity="neg_squared_distance")
-        return PODNetModel(backbone, head)
-
-    def expand(self, step: Step) -> None:
-        self.model.head.expand(step.num_new)
+        # With the margin on the target, d(loss)/d(scale) > 0 while s_y - margin < max_j s_j, so an
+        # unconstrained scale falls through 0 early on and the classifier inverts (seen: -25 after
+        # the base step). Kept at or above its initial value 1.
+        return ScaledCosineNet(backbone, head, min_scale=1.0, return_maps=True)
 
     def begin_step(self, step: Step, trainer: "Trainer") -> None:
         self.old_model = frozen_copy(self.model) if step.index > 0 else None
@@ -112,9 +95,7 @@ class PODNet(Method):
             self.model.head.imprint([kmeans(feats[k], self.options.proxies, generator) for k in range(step.start, step.end)])
 
     def param_groups(self, step: Step) -> list[dict[str, Any]]:
-        head = self.model.head
-        others = [p for p in self.model.parameters() if all(p is not w for w in head.weights)]
-        return [{"params": others + [head.weights[-1]]}]  # old proxies frozen during the main training
+        return [{"params": old_classes_frozen(self.model)}]  # old proxies frozen during the main training
 
     def forward(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
         out = self.model(x)

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError, MethodConfig
-from ..models.cosine import CosineClassifier
+from ..models.cosine import CosineClassifier, ScaledCosineNet, old_classes_frozen
 from . import register_method
 from .base import Method, Step, frozen_copy
 
@@ -36,21 +36,6 @@ class UCIRConfig(MethodConfig):
     def validate(self) -> None:
         if self.lambda_base < 0 or self.margin < 0 or self.ranking_weight < 0 or self.hard_negatives < 1:
             raise ConfigError("method.lambda_base, method.margin, method.ranking_weight must be >= 0 and method.hard_negatives >= 1")
-
-
-class CosineNet(nn.Module):
-    """Backbone + cosine head with a learned scale sigma (init 1)."""
-
-    def __init__(self, backbone: nn.Module, head: CosineClassifier):
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.scale = nn.Parameter(torch.ones(()))
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.backbone(x)
-        cosines = self.head(features)
-        return {"logits": self.scale * cosines, "cosines": cosines, "scale": self.scale, "features": features}
 
 
 def less_forget_loss(features: torch.Tensor, old_features: torch.Tensor) -> torch.Tensor:
@@ -78,10 +63,7 @@ class UCIR(Method):
 
     def build_model(self) -> nn.Module:
         backbone = self.build_backbone()
-        return CosineNet(backbone, CosineClassifier(self.feature_dim))
-
-    def expand(self, step: Step) -> None:
-        self.model.head.expand(step.num_new)
+        return ScaledCosineNet(backbone, CosineClassifier(self.feature_dim))
 
     def begin_step(self, step: Step, trainer: "Trainer") -> None:
         self.old_model = frozen_copy(self.model) if step.index > 0 else None
@@ -90,10 +72,7 @@ class UCIR(Method):
             self.model.head.imprint([feats[k].mean(0, keepdim=True) for k in range(step.start, step.end)])
 
     def param_groups(self, step: Step) -> list[dict[str, Any]]:
-        head = self.model.head
-        newest = head.weights[-1]
-        trainable = [p for p in self.model.parameters() if p.requires_grad and all(p is not w for w in head.weights)]
-        return [{"params": trainable + [newest]}]  # old-class weights frozen (lr 0, wd 0): left out
+        return [{"params": old_classes_frozen(self.model)}]  # old-class weights: lr 0, no weight decay
 
     def forward(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
         out = self.model(x)
@@ -108,5 +87,5 @@ class UCIR(Method):
             o = self.options
             weight = o.lambda_base * math.sqrt(step.num_old / step.num_new)
             terms["less_forget"] = weight * less_forget_loss(out["features"], out["old_features"])
-            terms["margin_ranking"] = o.ranking_weight * margin_ranking_loss(out["cosines"], y, step.num_old, o.hard_negatives, o.margin)
+            terms["margin_ranking"] = o.ranking_weight * margin_ranking_loss(out["similarities"], y, step.num_old, o.hard_negatives, o.margin)
         return terms

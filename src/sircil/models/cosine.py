@@ -69,3 +69,35 @@ def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, iterations: int 
         counts = torch.bincount(assign, minlength=k).unsqueeze(1)
         centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
     return centres
+
+
+class ScaledCosineNet(nn.Module):
+    """Backbone + cosine head + learned scale (init 1): logits = scale * similarities.
+
+    ``min_scale`` keeps the scale at or above a floor; ``return_maps`` also returns each
+    stage's output (for spatial distillation)."""
+
+    def __init__(self, backbone: nn.Module, head: CosineClassifier, min_scale: float | None = None, return_maps: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.scale = nn.Parameter(torch.ones(()))
+        self.min_scale = min_scale
+        self.return_maps = return_maps
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if self.return_maps:
+            features, out["maps"] = self.backbone(x, return_maps=True)
+        else:
+            features = self.backbone(x)
+        similarities = self.head(features)
+        scale = self.scale if self.min_scale is None else self.scale.clamp(min=self.min_scale)
+        out.update(logits=scale * similarities, similarities=similarities, scale=scale, features=features)
+        return out
+
+
+def old_classes_frozen(model: ScaledCosineNet) -> list[nn.Parameter]:
+    """Every trainable parameter but the weights of the classes of earlier steps."""
+    old = model.head.weights[:-1]
+    return [p for p in model.parameters() if p.requires_grad and all(p is not w for w in old)]
