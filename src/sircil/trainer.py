@@ -195,7 +195,8 @@ class Trainer:
         metrics = self.metrics(finished=False)
         self.folder.save_checkpoint(t, self.checkpoint_state(t))
         self.folder.write_metrics(metrics)
-        self.folder.write_plot(metrics, f"{self.cfg.method.name} on {self.spec.name}, memory {self.memory_label()}")
+        sir = " + SIR" if self.sir is not None else ""
+        self.folder.write_plot(metrics, f"{self.cfg.method.name}{sir} on {self.spec.name}, memory {self.memory_label()}")
         self.log.info(
             "step %d: accuracy %.2f (old %s, new %.2f)%s, %d classes seen",
             t, record["accuracy"], _fmt(record["accuracy_old"]), record["accuracy_new"],
