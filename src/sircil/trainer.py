@@ -210,9 +210,7 @@ class Trainer:
             )
 
     def main_loss(self, step: Step) -> LossFn:
-        method = self.method
-
-        sir = self.sir
+        method, sir = self.method, self.sir
 
         def loss_fn(x: torch.Tensor, y: torch.Tensor):
             out = method.forward(x, step)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, MethodConfig
 from ..models.cosine import CosineClassifier, ScaledCosineNet, kmeans, old_classes_frozen
 from . import register_method
-from .base import Method, Step, frozen_copy
+from .base import Method, Step
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -88,7 +88,7 @@ class PODNet(Method):
         return ScaledCosineNet(backbone, head, min_scale=1.0, return_maps=True)
 
     def begin_step(self, step: Step, trainer: "Trainer") -> None:
-        self.old_model = frozen_copy(self.model) if step.index > 0 else None
+        super().begin_step(step, trainer)
         if step.index > 0:
             feats = trainer.embed_classes(range(step.start, step.end))
             generator = torch.Generator(device=trainer.device).manual_seed(step.index)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, MethodConfig
 from ..models.cosine import CosineClassifier, ScaledCosineNet, old_classes_frozen
 from . import register_method
-from .base import Method, Step, frozen_copy
+from .base import Method, Step
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
@@ -66,7 +66,7 @@ class UCIR(Method):
         return ScaledCosineNet(backbone, CosineClassifier(self.feature_dim))
 
     def begin_step(self, step: Step, trainer: "Trainer") -> None:
-        self.old_model = frozen_copy(self.model) if step.index > 0 else None
+        super().begin_step(step, trainer)
         if step.index > 0:
             feats = trainer.embed_classes(range(step.start, step.end))
             self.model.head.imprint([feats[k].mean(0, keepdim=True) for k in range(step.start, step.end)])
