@@ -1,8 +1,10 @@
 """SIR on the CPU protocol: real Fashion-MNIST, B2 then 4 steps, ResNet-32.
 
-finetune, iCaRL and PODNet, each without and with SIR (PODNet + SIR = SIR_P), at m = 20, 5
-and 1, plus the SIR ablation at m = 5 (FC, FC+CA, FC+IT, all) for finetune and iCaRL. Every run of a method shares one trained base step
-(the base-step cache), so the runs differ only in their increments.
+finetune, iCaRL, PODNet and DER, each without and with SIR (PODNet + SIR = SIR_P, DER + SIR
+= SIR_D), at m = 20, 5 and 1, plus the SIR ablation at m = 5 (FC, FC+CA, FC+IT, all) for
+finetune and iCaRL, and SIR_D with SIR's FC on DER's auxiliary loss too at m = 5 and 1.
+Every run of a method shares one trained base step (the base-step cache), so the runs
+differ only in their increments.
 Writes benchmarks/results/sir_protocol.{md,json}.
 
     python benchmarks/sir_protocol.py [--workers 2] [--set train.epochs=10 ...]
@@ -28,25 +30,30 @@ VARIANTS = {
     "FC": {"sir.enabled": True, "sir.fc": 1.0},
     "FC+CA": {"sir.enabled": True, "sir.fc": 1.0, "sir.ca": FULL["sir.ca"]},
     "FC+IT": {"sir.enabled": True, "sir.fc": 1.0, "sir.it": FULL["sir.it"]},
+    "SIR + FC on aux": {**FULL, "method.sir_aux": True},
 }
-METHODS = ("finetune", "icarl", "podnet")
+SLUGS = {"none": "none", "SIR (FC+CA+IT)": "sir", "FC": "fc", "FC+CA": "fc_ca", "FC+IT": "fc_it", "SIR + FC on aux": "sir_aux"}
+METHODS = ("finetune", "icarl", "podnet", "der")
 ABLATED = ("finetune", "icarl")
+# DER warms up for 10 of its 170 epochs; with the 5-epoch increments below, 1 warmup epoch.
+METHOD_OVERRIDES = {"der": ["method.warmup_epochs=1"]}
 
 
 def grid() -> list[tuple[str, int, str]]:
     runs = [(method, m, variant) for method in METHODS for m in (20, 5, 1) for variant in ("none", "SIR (FC+CA+IT)")]
     runs += [(method, 5, variant) for method in ABLATED for variant in ("FC", "FC+CA", "FC+IT")]
+    runs += [("der", m, "SIR + FC on aux") for m in (5, 1)]
     return runs
 
 
 def run_name(method: str, m: int, variant: str) -> str:
-    slug = variant.split(" ")[0].replace("+", "_").lower()
-    return f"{method}_m{m}_{slug}"
+    return f"{method}_m{m}_{SLUGS[variant]}"
 
 
 def execute(job: tuple[str, int, str, str, list[str], int]) -> dict:
     method, m, variant, runs_dir, extra, threads = job
-    overrides = [f"memory.per_class={m}", "train.device=cpu", f"train.threads={threads}", f"cache_dir={runs_dir}/base_cache", *extra]
+    overrides = [f"memory.per_class={m}", "train.device=cpu", f"train.threads={threads}", f"cache_dir={runs_dir}/base_cache"]
+    overrides += [*extra, *METHOD_OVERRIDES.get(method, [])]
     overrides += [f"{k}={v}" for k, v in VARIANTS[variant].items()]
     cfg = load_config(ROOT / "configs" / "fashion_mnist" / f"{method}_b2_4steps.yaml", overrides)
     return run_or_reuse(cfg, Path(runs_dir) / run_name(method, m, variant))

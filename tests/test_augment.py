@@ -51,3 +51,28 @@ def test_normalizations():
     ms = Normalizer.from_config(DataConfig(), spec, images)
     zero = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
     assert torch.allclose(ms(zero), ms.fill.expand(1, 1, 28, 28))
+
+
+def test_random_resized_crop_takes_windows_of_the_image():
+    from sircil.data.augment import random_resized_crop
+
+    # a horizontal ramp: any crop, resized, is still increasing left to right and stays in range
+    x = torch.linspace(0, 1, 64).expand(200, 1, 64, 64).contiguous()
+    out = random_resized_crop(x, 32, torch.Generator().manual_seed(0))
+    assert out.shape == (200, 1, 32, 32)
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert bool((out[:, :, :, 1:] >= out[:, :, :, :-1] - 1e-6).all())
+    spans = out[:, 0, 0, -1] - out[:, 0, 0, 0]
+    assert float(spans.min()) < 0.35 < 0.8 < float(spans.max())  # small and large crops both drawn
+    # the whole image at aspect 1 is a plain resize
+    full = random_resized_crop(x[:2], 64, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert torch.allclose(full, x[:2], atol=1e-5)
+    again = random_resized_crop(x, 32, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+
+
+def test_evaluation_sees_the_center_crop():
+    spec = dataset_spec("fashion_mnist")
+    images = torch.arange(28 * 28, dtype=torch.float).view(1, 1, 28, 28).to(torch.uint8)
+    norm = Normalizer.from_config(DataConfig(crop="resized", crop_size=20), spec, images)
+    assert torch.equal(norm.eval_view(images), norm(images[..., 4:24, 4:24]))

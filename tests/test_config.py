@@ -6,13 +6,22 @@ from sircil.methods.icarl import ICaRLConfig
 from conftest import fashion_config, make_config
 
 
-def test_every_shipped_config_loads():
+def test_every_shipped_config_and_sweep_loads():
     from pathlib import Path
 
-    files = sorted(Path(__file__).resolve().parents[1].glob("configs/**/*.yaml"))
+    from sircil.sweep import grid, load_sweep
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(p for p in configs.glob("**/*.yaml") if p.parent.name != "sweeps")
     assert files, "no configs shipped"
     for path in files:
         load_config(path)
+    sweeps = sorted((configs / "sweeps").glob("*.yaml"))
+    assert sweeps, "no sweeps shipped"
+    for path in sweeps:
+        spec = load_sweep(path)
+        for run in grid(spec):
+            run.config(spec.overrides, None)
 
 
 def test_overrides_reach_nested_fields(tmp_path):
@@ -65,6 +74,10 @@ def test_hash_is_stable_and_sensitive():
     b = make_config(fashion_config())
     c = make_config(fashion_config(memory={"per_class": 5}))
     assert a.hash() == b.hash() != c.hash()
+    located = make_config(fashion_config(cache_dir="/elsewhere", train={"threads": 1}))
+    assert located.hash() == a.hash()  # neither changes a result
+    explicit = make_config(fashion_config(train={"grad_clip_value": None}, sir={"enabled": False}))
+    assert explicit.hash() == a.hash()  # defaults spelled out are the same config
 
 
 def test_total_memory_budget_is_accepted():

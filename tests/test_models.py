@@ -37,3 +37,17 @@ def test_head_expansion_keeps_old_rows():
     assert head.out_features == 5
     assert torch.equal(head.weight[:3], old_w) and torch.equal(head.bias[:3], old_b)
     assert head(torch.randn(4, 8)).shape == (4, 5)
+
+
+def test_resnet18_stems_and_last_relu():
+    cifar = build_backbone("resnet18_cifar", 3, shortcut="B", block_relu=True)
+    # torchvision's ResNet-18 without its fc (11,176,512) with a 3x3 instead of a 7x7 stem
+    assert sum(p.numel() for p in cifar.parameters()) == 11_176_512 - 64 * 3 * (49 - 9)
+    feats, maps = cifar(torch.randn(2, 3, 32, 32), return_maps=True)
+    assert feats.shape == (2, 512) and [m.shape[-1] for m in maps] == [32, 16, 8, 4]
+    imagenet = build_backbone("resnet18", 1, shortcut="B", block_relu=True)
+    assert [m.shape[-1] for m in imagenet(torch.randn(1, 1, 64, 64), return_maps=True)[1]] == [16, 8, 4, 2]
+    torch.manual_seed(0)
+    no_relu = build_backbone("resnet18_cifar", 3, last_relu=False).eval()
+    _, maps = no_relu(torch.randn(2, 3, 32, 32), return_maps=True)
+    assert (maps[-1] < 0).any()

@@ -1,4 +1,4 @@
-"""Command line: ``sircil run CONFIG.yaml [--set key=value ...] [--out DIR]``."""
+"""Command line: ``sircil run | config | sweep | report``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,25 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import parse_shard, run_sweep
+
+    out = Path(args.out) if args.out else Path("runs") / Path(args.sweep).stem
+    print(f"sweep folder: {out}", file=sys.stderr)
+    statuses = run_sweep(args.sweep, out, parse_shard(args.shard), args.set, overwrite=args.overwrite)
+    for status in statuses:
+        print(f"{status['run']}: {status['status']}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    out = write_report(args.folder, args.out, paper=args.paper)
+    print(f"wrote {out / 'report.md'} and {out / 'figure.png'}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sircil", description="Class-incremental learning with SIR.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,18 +62,31 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("config")
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     show.set_defaults(func=cmd_config)
+    sweep = sub.add_parser("sweep", help="run a grid of runs (methods x steps x memory x seeds) from a sweep file")
+    sweep.add_argument("sweep", help="YAML sweep file, e.g. configs/sweeps/fashion_mnist.yaml")
+    sweep.add_argument("--out", help="sweep folder (default runs/<sweep name>)")
+    sweep.add_argument("--shard", default="0/1", help="run only shard i of n (every n-th run from the i-th), e.g. 0/4")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run (repeatable)")
+    sweep.add_argument("--overwrite", action="store_true", help="rerun finished runs and replace runs made from another config")
+    sweep.set_defaults(func=cmd_sweep)
+    report = sub.add_parser("report", help="report.md and figure.png from a folder of runs (mean +- std over seeds)")
+    report.add_argument("folder", help="a sweep folder, or any folder holding run folders")
+    report.add_argument("--out", help="where to write report.md and figure.png (default: the folder)")
+    report.add_argument("--paper", action="store_true", help="add the SIR paper's reported values as dashed reference lines")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data.datasets import DatasetError
+    from .report import ReportError
     from .runfolder import RunFolderError
     from .trainer import TrainingError
 
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, RunFolderError, TrainingError) as exc:
+    except (ConfigError, DatasetError, RunFolderError, TrainingError, ReportError) as exc:
         print(f"sircil: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -38,6 +38,9 @@ class DataConfig:
     flip: bool | None = None
     brightness: float = 0.0
     download: bool = False
+    image_size: int | None = None  # image folders: images resized (shorter side) and center-cropped to this
+    crop: str = "pad"  # "pad": pad + random crop (CIFAR); "resized": random resized crop to crop_size (ImageNet)
+    crop_size: int | None = None  # "resized": training crop and evaluation center crop (e.g. 224 of 256)
 
 
 @dataclass
@@ -98,6 +101,9 @@ class MethodConfig:
 
     name: str = "icarl"
 
+    def validate(self, cfg: Config) -> None:
+        """Range checks of the method's own options; ``cfg`` is the whole configuration."""
+
 
 @dataclass
 class Config:
@@ -119,12 +125,42 @@ class Config:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """Stable digest of the resolved configuration, for run folders and resume checks."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Stable digest of what determines a run's results, for run folders and resume checks.
+
+        Only fields that differ from their defaults count (the method's name always does), so
+        a later sircil that adds an option, defaulting to the old behaviour, still recognizes
+        and resumes earlier runs. Where the base-step cache lives and how many CPU threads
+        run are left out: neither changes a result, and a run may resume with either changed."""
+        content = _non_default(self)
+        content.pop("cache_dir", None)
+        content.get("train", {}).pop("threads", None)
+        content.setdefault("method", {})["name"] = self.method.name
+        text = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _non_default(obj: Any) -> dict[str, Any]:
+    """The fields of a config dataclass (recursively) whose values differ from the defaults."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            nested = _non_default(value)
+            if nested:
+                out[f.name] = nested
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if value != default:
+            out[f.name] = value
+    return out
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -158,18 +194,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A config file as a dict; ``extends: other.yaml`` (relative to the file) layers it on another."""
+def read_yaml_mapping(path: Path, kind: str, hint: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; ``kind`` and ``hint`` word the errors."""
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass a YAML file from configs/")
-    if path.resolve() in chain:
-        raise ConfigError(f"config file {path} extends itself through {' -> '.join(map(str, chain))}")
+        raise ConfigError(f"{kind} {path} does not exist; {hint}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{kind} {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"{kind} {path} must hold a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a dict; ``extends: other.yaml`` (relative to the file) layers it on another."""
+    if path.resolve() in chain:
+        raise ConfigError(f"config file {path} extends itself through {' -> '.join(map(str, chain))}")
+    raw = read_yaml_mapping(path, "config file", "pass a YAML file from configs/")
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
@@ -280,12 +322,24 @@ def _require(ok: bool, message: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Range and consistency checks that need no data on disk."""
-    from .data.datasets import dataset_spec
+    """Range and consistency checks before any data is loaded (a user's dataset is probed:
+    its class folders or its arrays' headers give the class count and image shape)."""
+    from .data.datasets import resolve_spec
     from .data.memory import SELECTIONS
-    from .models import BACKBONES
+    from .models import BACKBONES, RESNET18_FIXED
 
-    spec = dataset_spec(cfg.data.dataset)
+    d = cfg.data
+    _require(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8 or null, got {d.image_size}")
+    _require(d.crop in ("pad", "resized"), f"data.crop must be 'pad' or 'resized', got {d.crop!r}")
+    _require(
+        (d.crop == "resized") == (d.crop_size is not None),
+        f"data.crop_size goes with data.crop=resized (and only then); got crop={d.crop!r}, crop_size={d.crop_size}",
+    )
+    spec = resolve_spec(d)
+    _require(
+        d.crop_size is None or 8 <= d.crop_size <= spec.image_size,
+        f"data.crop_size must be between 8 and the image size {spec.image_size}, got {d.crop_size}",
+    )
     d, s, m, t = cfg.data, cfg.scenario, cfg.memory, cfg.train
     _require(d.train_per_class is None or d.train_per_class >= 1, f"data.train_per_class must be >= 1 or null, got {d.train_per_class}")
     _require(d.test_per_class is None or d.test_per_class >= 1, f"data.test_per_class must be >= 1 or null, got {d.test_per_class}")
@@ -317,6 +371,12 @@ def validate(cfg: Config) -> None:
     _require(m.selection in SELECTIONS, f"memory.selection must be one of {sorted(SELECTIONS)}, got {m.selection!r}")
     _require(cfg.model.shortcut in ("A", "B"), f"model.shortcut must be 'A' (zero padding) or 'B' (1x1 conv), got {cfg.model.shortcut!r}")
     _require(cfg.model.backbone in BACKBONES, f"model.backbone must be one of {sorted(BACKBONES)}, got {cfg.model.backbone!r}")
+    if cfg.model.backbone.startswith("resnet18"):
+        for key, value in RESNET18_FIXED.items():
+            _require(
+                getattr(cfg.model, key) == value,
+                f"model.{key}={getattr(cfg.model, key)!r} is a CIFAR-ResNet option; {cfg.model.backbone} needs model.{key}={value!r}",
+            )
     for name in ("epochs", "batch_size", "eval_batch_size"):
         value = getattr(t, name)
         _require(value >= 1, f"train.{name} must be >= 1, got {value}")
@@ -352,6 +412,4 @@ def validate(cfg: Config) -> None:
     _require(cfg.sir.fc >= 0, f"sir.fc (tau) must be >= 0, got {cfg.sir.fc}")
     _require(0 < cfg.sir.ca <= 1, f"sir.ca (gamma) must be in (0, 1], got {cfg.sir.ca}")
     _require(cfg.sir.it >= 0, f"sir.it (lambda) must be >= 0, got {cfg.sir.it}")
-    validate_method = getattr(cfg.method, "validate", None)
-    if validate_method is not None:
-        validate_method()
+    cfg.method.validate(cfg)

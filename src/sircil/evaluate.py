@@ -14,7 +14,7 @@ Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 def batched(images: torch.Tensor, batch_size: int, normalizer: Normalizer, channels_last: bool):
     for i in range(0, images.shape[0], batch_size):
-        x = normalizer(images[i: i + batch_size])
+        x = normalizer.eval_view(images[i: i + batch_size])
         yield x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 

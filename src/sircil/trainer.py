@@ -9,6 +9,7 @@ per epoch, so the inner loop never waits on the host.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -32,7 +33,7 @@ from .data.scenario import Scenario, apply_class_order, resolve_class_order
 from .evaluate import class_means, embed_images, infer, nme_predict
 from .methods import Method, Step, method_class
 from .metrics import step_accuracies, summarize, task_accuracies
-from .runfolder import RunFolder, RunFolderError, atomic_torch_save, atomic_write_json, provenance, setup_logger
+from .runfolder import RunFolder, RunFolderError, atomic_torch_save, atomic_write_json, claim, provenance, setup_logger
 from .sir import SIR
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]
@@ -76,10 +77,18 @@ class Phase:
     # Puts the model in its training state each epoch (default: model.train()); a phase that
     # trains only a classifier keeps the backbone's BatchNorm statistics fixed with it.
     train_mode: Callable[[], None] | None = None
+    # Linear warmup from lr / warmup_epochs to lr; the schedule (and its milestones) then
+    # counts epochs from the end of the warmup, as DER's GradualWarmupScheduler does.
+    warmup_epochs: int = 0
+    # Called with the epoch index before each epoch (e.g. DER resets its classifiers when warmup ends).
+    on_epoch_start: Callable[[int], None] | None = None
 
     def lr_at(self, epoch: int) -> float:
+        if epoch < self.warmup_epochs:
+            return self.lr * (epoch + 1) / self.warmup_epochs
+        epoch, epochs = epoch - self.warmup_epochs, self.epochs - self.warmup_epochs
         if self.scheduler == "cosine":
-            return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
+            return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
         if self.scheduler == "step":
             return self.lr * self.lr_decay ** sum(epoch >= m for m in self.milestones)
         return self.lr
@@ -114,6 +123,7 @@ class Trainer:
         self.matrix: list[list[float]] = []
         self.matrix_nme: list[list[float]] = []
         self.base_step_cached = False
+        self.step_indices = torch.empty(0, dtype=torch.long, device=self.device)  # the current step's training set
 
     # --- the loop -------------------------------------------------------------------
 
@@ -141,13 +151,11 @@ class Trainer:
     def run_step(self, t: int) -> None:
         step = self.step_info(t)
         wall = time.perf_counter()
-        torch.manual_seed(derive_seed(self.cfg.seed, "expand", t))
-        self.method.expand(step)
-        self.method.begin_step(step, self)
         labels = self.train_split.labels
         new_idx = torch.nonzero((labels >= step.start) & (labels < step.end)).flatten()
         mem_idx = self.memory.indices().to(self.device)
         indices = torch.cat([new_idx, mem_idx])
+        self.step_indices = indices
         self.log.info(
             "step %d/%d: classes %d-%d new (%s), %d new images + %d exemplars of %d old classes",
             t, self.scenario.num_steps - 1, step.start, step.end - 1,
@@ -155,7 +163,10 @@ class Trainer:
             new_idx.numel(), mem_idx.numel(), step.num_old,
         )
         if self.sir is not None:
-            self.begin_sir(step, indices)
+            self.begin_sir(step, indices)  # before expand: IT measures the previous step's model as it was
+        torch.manual_seed(derive_seed(self.cfg.seed, "expand", t))
+        self.method.expand(step)
+        self.method.begin_step(step, self)
         tc = self.cfg.train
         base = t == 0
         phase = Phase(
@@ -172,16 +183,18 @@ class Trainer:
             weight_decay=tc.weight_decay,
             grad_clip_value=tc.grad_clip_value,
         )
+        phase = self.method.main_phase(phase, step)
         cache = self.base_cache_path(indices) if base else None
-        if cache is not None and cache.is_file():
-            self.method.load_state_dict(torch.load(cache, map_location=self.device, weights_only=False))
-            self.base_step_cached = True
-            images_seen, train_seconds = 0, 0.0
-            self.log.info("step 0: trained base model taken from the cache %s", cache)
-        else:
-            images_seen, train_seconds = self.fit(phase, step)
-            if cache is not None:
-                atomic_torch_save(cache, self.method.state_dict())
+        with claim(cache, self.log) if cache is not None else contextlib.nullcontext():
+            if cache is not None and cache.is_file():
+                self.method.load_state_dict(torch.load(cache, map_location=self.device, weights_only=False))
+                self.base_step_cached = True
+                images_seen, train_seconds = 0, 0.0
+                self.log.info("step 0: trained base model taken from the cache %s", cache)
+            else:
+                images_seen, train_seconds = self.fit(phase, step)
+                if cache is not None:
+                    atomic_torch_save(cache, self.method.state_dict())
         self.update_memory(step)
         self.method.after_step(step, self)
         record = self.evaluate(step)
@@ -237,6 +250,8 @@ class Trainer:
         interactive = sys.stderr.isatty()
         seen, seconds = 0, 0.0
         for epoch in range(phase.epochs):
+            if phase.on_epoch_start is not None:
+                phase.on_epoch_start(epoch)
             lr = phase.lr_at(epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]

@@ -1,4 +1,4 @@
-"""Batched augmentation on the training device: pad + random crop, flip, brightness, normalize.
+"""Batched augmentation on the training device: pad + random crop or random resized crop, flip, brightness, normalize.
 
 One call handles a whole uint8 batch with a handful of tensor ops, and every random
 draw comes from the generator passed in, so a seed fixes the augmentation stream.
@@ -6,7 +6,10 @@ draw comes from the generator passed in, so a seed fixes the augmentation stream
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from ..config import DataConfig
 from .datasets import DatasetSpec
@@ -20,8 +23,9 @@ class Normalizer:
     per-pixel mean subtraction (the original iCaRL pads after subtracting the mean).
     """
 
-    def __init__(self, shift: torch.Tensor, scale: torch.Tensor, fill: torch.Tensor):
+    def __init__(self, shift: torch.Tensor, scale: torch.Tensor, fill: torch.Tensor, eval_crop: int | None = None):
         self.shift, self.scale, self.fill = shift, scale, fill
+        self.eval_crop = eval_crop
 
     @classmethod
     def from_config(cls, cfg: DataConfig, spec: DatasetSpec, train_images: torch.Tensor) -> "Normalizer":
@@ -31,16 +35,43 @@ class Normalizer:
             scale = torch.ones(1, spec.channels, 1, 1, device=device)
             fill = torch.zeros(1, spec.channels, 1, 1, device=device)
         else:
-            shift = torch.tensor(cfg.mean or spec.mean, device=device).view(1, -1, 1, 1)
-            scale = torch.tensor(cfg.std or spec.std, device=device).view(1, -1, 1, 1)
+            mean, std = cfg.mean or spec.mean, cfg.std or spec.std
+            if mean is None or std is None:
+                measured_mean, measured_std = channel_stats(train_images)
+            shift = torch.tensor(mean, device=device) if mean is not None else measured_mean
+            scale = torch.tensor(std, device=device) if std is not None else measured_std
+            shift, scale = shift.view(1, -1, 1, 1).float(), scale.view(1, -1, 1, 1).float()
             fill = -shift / scale
-        return cls(shift, scale, fill)
+        return cls(shift, scale, fill, cfg.crop_size)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() / 255.0 - self.shift) / self.scale
 
+    def eval_view(self, images: torch.Tensor) -> torch.Tensor:
+        """What evaluation, herding and class means see: the center crop (with random resized
+        crops in training), normalized."""
+        if self.eval_crop is not None:
+            h, w = images.shape[-2:]
+            top, left = (h - self.eval_crop) // 2, (w - self.eval_crop) // 2
+            images = images[..., top: top + self.eval_crop, left: left + self.eval_crop]
+        return self(images)
+
     def to(self, device: torch.device | str) -> "Normalizer":
-        return Normalizer(self.shift.to(device), self.scale.to(device), self.fill.to(device))
+        return Normalizer(self.shift.to(device), self.scale.to(device), self.fill.to(device), self.eval_crop)
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of uint8 images in [0, 1] units, in chunks (a large split never
+    becomes one float tensor)."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64, device=images.device)
+    squares = torch.zeros_like(total)
+    for start in range(0, images.shape[0], chunk):
+        x = images[start: start + chunk].to(torch.float64).div_(255)
+        total += x.sum((0, 2, 3))
+        squares += x.pow(2).sum((0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    return mean, (squares / count - mean.pow(2)).clamp(min=1e-6).sqrt()
 
 
 def random_crop(x: torch.Tensor, pad: int, fill: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -60,6 +91,33 @@ def random_crop(x: torch.Tensor, pad: int, fill: torch.Tensor, generator: torch.
     return torch.gather(flat, 2, index.flatten(2)).view(n, c, h, w)
 
 
+def random_resized_crop(
+    x: torch.Tensor,
+    size: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """One random crop per sample (area fraction in ``scale``, aspect ratio log-uniform in
+    ``ratio``), resized to ``size`` x ``size`` bilinearly, all samples in one grid_sample.
+    A crop wider or taller than the image is clamped to it (torchvision instead retries, then
+    falls back to a center crop)."""
+    n = x.shape[0]
+    dev = x.device
+    area = scale[0] + (scale[1] - scale[0]) * torch.rand(n, generator=generator, device=dev)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(n, generator=generator, device=dev))
+    width = torch.sqrt(area * aspect).clamp(max=1.0)  # fractions of the image's width / height
+    height = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = width / 2 + (1 - width) * torch.rand(n, generator=generator, device=dev)
+    cy = height / 2 + (1 - height) * torch.rand(n, generator=generator, device=dev)
+    theta = torch.zeros(n, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2] = width, 2 * cx - 1
+    theta[:, 1, 1], theta[:, 1, 2] = height, 2 * cy - 1
+    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(3), x)
@@ -68,6 +126,7 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 class BatchAugment:
     def __init__(self, cfg: DataConfig, spec: DatasetSpec, normalizer: Normalizer):
         self.pad = cfg.pad
+        self.crop_size = cfg.crop_size if cfg.crop == "resized" else None
         self.flip = spec.flip if cfg.flip is None else cfg.flip
         self.brightness = cfg.brightness
         self.normalizer = normalizer
@@ -76,7 +135,10 @@ class BatchAugment:
         x = self.normalizer(images)
         if self.brightness > 0:
             x = self._brightness(x, generator)
-        x = random_crop(x, self.pad, self.normalizer.fill, generator)
+        if self.crop_size is not None:
+            x = random_resized_crop(x, self.crop_size, generator)
+        else:
+            x = random_crop(x, self.pad, self.normalizer.fill, generator)
         if self.flip:
             x = random_flip(x, generator)
         return x

@@ -31,8 +31,8 @@ class DatasetSpec:
     num_classes: int
     channels: int
     image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: tuple[float, ...] | None  # None: measured on the training split
+    std: tuple[float, ...] | None
     flip: bool
     default_roots: tuple[str, ...]
     where_to_get: str
@@ -59,14 +59,20 @@ class Dataset:
 
 
 Loader = Callable[[Path, DataConfig], tuple[ImageSplit, ImageSplit, list[str]]]
+# A user's dataset (a folder of images, a .npz file) has its class count and image shape
+# read from its files, cheaply, before the config is validated.
+Probe = Callable[[Path, DataConfig], DatasetSpec]
 _SPECS: dict[str, DatasetSpec] = {}
 _LOADERS: dict[str, Loader] = {}
+_PROBES: dict[str, Probe] = {}
 
 
-def register_dataset(spec: DatasetSpec) -> Callable[[Loader], Loader]:
+def register_dataset(spec: DatasetSpec, probe: Probe | None = None) -> Callable[[Loader], Loader]:
     def deco(fn: Loader) -> Loader:
         _SPECS[spec.name] = spec
         _LOADERS[spec.name] = fn
+        if probe is not None:
+            _PROBES[spec.name] = probe
         return fn
 
     return deco
@@ -97,8 +103,15 @@ def resolve_root(cfg: DataConfig, spec: DatasetSpec) -> Path:
     return Path("data")
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
+def resolve_spec(cfg: DataConfig) -> DatasetSpec:
+    """The dataset's spec; for a user's dataset, read from its files under the root."""
     spec = dataset_spec(cfg.dataset)
+    probe = _PROBES.get(spec.name)
+    return probe(resolve_root(cfg, spec), cfg) if probe is not None else spec
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    spec = resolve_spec(cfg)
     root = resolve_root(cfg, spec)
     train, test, names = _LOADERS[spec.name](root, cfg)
     for split_name, split in (("train", train), ("test", test)):
@@ -300,3 +313,6 @@ def _load_fashion_mnist(root: Path, cfg: DataConfig):
         labels = torch.from_numpy(arrays[f"{prefix}-labels-idx1-ubyte"].astype(np.int64))
         splits.append(ImageSplit(images, labels))
     return splits[0], splits[1], list(FASHION_MNIST_CLASSES)
+
+
+from . import custom  # noqa: E402,F401  (registers the user-dataset kinds)

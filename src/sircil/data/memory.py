@@ -106,3 +106,16 @@ class Memory:
     def load_state_dict(self, state: dict) -> None:
         self.ranked = {int(k): v.clone() for k, v in state["ranked"].items()}
 
+
+
+def balanced_subset(indices: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random class-balanced undersample of ``indices``: every class present keeps as many
+    samples as the rarest one has. ``labels`` are the labels of the whole split."""
+    shuffled = indices[torch.randperm(indices.numel(), generator=generator, device=generator.device).to(indices.device)]
+    y = labels[shuffled]
+    y_sorted, order = torch.sort(y, stable=True)
+    counts = torch.bincount(y_sorted)
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(y_sorted.numel(), device=y.device) - first[y_sorted]
+    quota = counts[counts > 0].min()
+    return shuffled[order[rank < quota]]

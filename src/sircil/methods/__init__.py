@@ -26,6 +26,6 @@ def method_config_class(name: str) -> type[MethodConfig]:
     return method_class(name).Config
 
 
-from . import finetune, icarl, podnet, ucir  # noqa: E402,F401  (registration side effect)
+from . import der, finetune, icarl, podnet, ucir  # noqa: E402,F401  (registration side effect)
 
 __all__ = ["METHODS", "Method", "Step", "method_class", "method_config_class", "register_method"]

@@ -22,7 +22,7 @@ from ..data.datasets import DatasetSpec
 from ..models import IncrementalLinear, build_backbone
 
 if TYPE_CHECKING:
-    from ..trainer import Trainer
+    from ..trainer import Phase, Trainer
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,10 @@ class Method:
 
     def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def main_phase(self, phase: "Phase", step: Step) -> "Phase":
+        """The step's main training phase, built from ``train:``; a method may adjust it (e.g. warmup)."""
+        return phase
 
     def param_groups(self, step: Step) -> list[dict[str, Any]]:
         return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]

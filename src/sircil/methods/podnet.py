@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ConfigError, MethodConfig
+from ..config import Config, ConfigError, MethodConfig
 from ..models.cosine import CosineClassifier, ScaledCosineNet, kmeans, old_classes_frozen
 from . import register_method
 from .base import Method, Step
@@ -41,7 +41,7 @@ class PODNetConfig(MethodConfig):
     finetune_epochs: int = 20
     finetune_lr: float = 0.05
 
-    def validate(self) -> None:
+    def validate(self, cfg: Config) -> None:
         if self.proxies < 1 or self.finetune_epochs < 0 or self.finetune_lr <= 0:
             raise ConfigError("method.proxies must be >= 1, method.finetune_epochs >= 0, method.finetune_lr > 0")
         if min(self.nca_margin, self.pod_spatial, self.pod_flat) < 0:

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ConfigError, MethodConfig
+from ..config import Config, ConfigError, MethodConfig
 from ..models.cosine import CosineClassifier, ScaledCosineNet, old_classes_frozen
 from . import register_method
 from .base import Method, Step
@@ -33,7 +33,7 @@ class UCIRConfig(MethodConfig):
     hard_negatives: int = 2  # K
     ranking_weight: float = 1.0
 
-    def validate(self) -> None:
+    def validate(self, cfg: Config) -> None:
         if self.lambda_base < 0 or self.margin < 0 or self.ranking_weight < 0 or self.hard_negatives < 1:
             raise ConfigError("method.lambda_base, method.margin, method.ranking_weight must be >= 0 and method.hard_negatives >= 1")
 

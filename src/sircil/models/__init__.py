@@ -7,18 +7,27 @@ from typing import Callable
 import torch.nn as nn
 
 from .classifiers import IncrementalLinear
-from .resnet import CifarResNet
+from .resnet import CifarResNet, ResNet18
 
 BackboneFactory = Callable[..., nn.Module]
 BACKBONES: dict[str, BackboneFactory] = {
     "resnet20": lambda in_channels, **kw: CifarResNet(20, in_channels, **kw),
     "resnet32": lambda in_channels, **kw: CifarResNet(32, in_channels, **kw),
     "resnet44": lambda in_channels, **kw: CifarResNet(44, in_channels, **kw),
+    "resnet18": lambda in_channels, **kw: ResNet18(in_channels, "imagenet", **_resnet18_options(**kw)),
+    "resnet18_cifar": lambda in_channels, **kw: ResNet18(in_channels, "cifar", **_resnet18_options(**kw)),
 }
+# ResNet-18 has no zero-padding shortcut and keeps its ReLUs inside the network; config
+# validation rejects the CIFAR-ResNet-only switches for it, so dropping them here loses nothing.
+RESNET18_FIXED = {"shortcut": "B", "block_relu": True}
+
+
+def _resnet18_options(last_relu: bool = True, zero_init_residual: bool = False, **fixed) -> dict:
+    return {"last_relu": last_relu, "zero_init_residual": zero_init_residual}
 
 
 def build_backbone(name: str, in_channels: int, **options) -> nn.Module:
     return BACKBONES[name](in_channels, **options)
 
 
-__all__ = ["BACKBONES", "build_backbone", "CifarResNet", "IncrementalLinear"]
+__all__ = ["BACKBONES", "RESNET18_FIXED", "build_backbone", "CifarResNet", "IncrementalLinear", "ResNet18"]

@@ -14,6 +14,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def run_stages(x: torch.Tensor, stages: nn.ModuleList, return_maps: bool):
+    """Stage by stage; pooled features, and each stage's output map when asked (POD-spatial)."""
+    maps = []
+    for stage in stages:
+        x = stage(x)
+        maps.append(x)
+    features = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+    return (features, maps) if return_maps else features
+
+
 class ShortcutA(nn.Module):
     """Stride-2 subsampling plus zero channels: no parameters."""
 
@@ -87,10 +97,46 @@ class CifarResNet(nn.Module):
                     nn.init.zeros_(module.bn2.weight)
 
     def forward(self, x: torch.Tensor, return_maps: bool = False):
-        x = F.relu(self.bn1(self.conv1(x)))
-        maps = []
-        for stage in self.stages:
-            x = stage(x)
-            maps.append(x)
-        features = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return (features, maps) if return_maps else features
+        return run_stages(F.relu(self.bn1(self.conv1(x))), self.stages, return_maps)
+
+
+class _BlockWithoutReLU(nn.Module):
+    """A torchvision BasicBlock whose output skips the final ReLU (pre-ReLU features)."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.block
+        out = b.bn2(b.conv2(b.relu(b.bn1(b.conv1(x)))))
+        return out + (b.downsample(x) if b.downsample is not None else x)
+
+
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 (1x1 conv + BN shortcuts) with the stem the image size needs.
+
+    ``stem="imagenet"``: 7x7 stride-2 convolution and max-pool (224-pixel images);
+    ``stem="cifar"``: 3x3 stride-1 convolution, no max-pool, as DER and PyCIL use on
+    32-pixel images. 512-dimensional pooled features; ``return_maps`` gives the 4 stage outputs.
+    """
+
+    def __init__(self, in_channels: int = 3, stem: str = "imagenet", last_relu: bool = True, zero_init_residual: bool = False):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        net = resnet18(weights=None, zero_init_residual=zero_init_residual)
+        if stem == "cifar":
+            net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+            net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        if not last_relu:
+            net.layer4[-1] = _BlockWithoutReLU(net.layer4[-1])
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+        self.out_dim = 512
+
+    def forward(self, x: torch.Tensor, return_maps: bool = False):
+        return run_stages(self.stem(x), self.stages, return_maps)

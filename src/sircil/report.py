@@ -1,0 +1,180 @@
+"""``sircil report FOLDER``: tables (mean +- std over seeds) and the paper's figure from run folders.
+
+Every run folder below FOLDER (a ``metrics.json`` of a finished run beside its
+``config.yaml``) is one point; runs differing only in their seed are averaged. A run's
+method label follows the paper: the method's name, SIR_P / SIR_D for PODNet / DER with
+SIR, ``<name>+SIR`` otherwise (``+SIR[FC+IT]`` when only some parts are on).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .paper import PAPER_AVERAGE_INCREMENTAL_ACCURACY
+from .runfolder import atomic_write_bytes, atomic_write_text
+
+NAMES = {"finetune": "Finetune", "icarl": "iCaRL", "ucir": "UCIR", "podnet": "PODNet", "der": "DER"}
+WITH_SIR = {"podnet": "SIR_P", "der": "SIR_D"}
+ORDER = ["Finetune", "iCaRL", "UCIR", "PODNet", "DER", "SIR_P", "SIR_D"]
+
+
+class ReportError(RuntimeError):
+    """Nothing to report from the folder given; the message says what was expected."""
+
+
+def method_label(config: dict[str, Any]) -> str:
+    name = config["method"]["name"]
+    sir = config.get("sir") or {}
+    if not sir.get("enabled"):
+        return NAMES.get(name, name)
+    parts = [p for p, on in (("FC", sir.get("fc", 0) > 0), ("CA", sir.get("ca", 1) < 1), ("IT", sir.get("it", 0) > 0)) if on]
+    if len(parts) == 3:
+        return WITH_SIR.get(name, f"{NAMES.get(name, name)}+SIR")
+    return f"{NAMES.get(name, name)}+SIR[{'+'.join(parts) or 'none'}]"
+
+
+@dataclass
+class Point:
+    """All seeds of one (dataset, steps, method, memory) cell."""
+
+    accuracy: list[float] = field(default_factory=list)
+    last: list[float] = field(default_factory=list)
+    forgetting: list[float] = field(default_factory=list)
+    nme: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def collect(folder: Path) -> tuple[dict[tuple[str, int], dict[str, dict[int, Point]]], dict[str, Any]]:
+    """Finished runs below ``folder``, grouped as panel -> method -> memory -> Point; plus cost totals."""
+    panels: dict[tuple[str, int], dict[str, dict[int, Point]]] = defaultdict(lambda: defaultdict(dict))
+    cost = {"runs": 0, "unfinished": 0, "device_seconds": 0.0, "devices": set()}
+    for metrics_file in sorted(folder.rglob("metrics.json")):
+        config_file = metrics_file.parent / "config.yaml"
+        if not config_file.is_file():
+            continue
+        metrics = json.loads(metrics_file.read_text())
+        if not metrics.get("finished"):
+            cost["unfinished"] += 1
+            continue
+        config = yaml.safe_load(config_file.read_text())
+        memory = config["memory"]["per_class"]
+        if memory is None:
+            memory = metrics["per_step"][-1].get("memory_per_class") or 0
+        key = (config["data"]["dataset"], int(config["scenario"]["steps"]))
+        point = panels[key][method_label(config)].setdefault(int(memory), Point())
+        point.accuracy.append(metrics["average_incremental_accuracy"])
+        point.last.append(metrics["last_accuracy"])
+        point.forgetting.append(metrics["forgetting"])
+        if "nme" in metrics:
+            point.nme.append(metrics["nme"]["average_incremental_accuracy"])
+        point.seeds.append(config["seed"])
+        cost["runs"] += 1
+        cost["device_seconds"] += sum(r.get("wall_seconds", 0.0) for r in metrics["per_step"])
+        provenance = metrics_file.parent / "provenance.json"
+        if provenance.is_file():
+            cost["devices"].add(json.loads(provenance.read_text()).get("device_name"))
+    return panels, cost
+
+
+def _sorted_methods(methods: list[str]) -> list[str]:
+    return sorted(methods, key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m))
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    return f"{mean:.1f} ± {std:.1f}" if len(values) > 1 else f"{mean:.1f}"
+
+
+def markdown(panels, cost, paper: bool) -> str:
+    lines = [
+        "# sircil report",
+        "",
+        f"{cost['runs']} finished runs ({cost['unfinished']} unfinished left out); "
+        f"{cost['device_seconds'] / 3600:.2f} device-hours in total on {', '.join(sorted(d for d in cost['devices'] if d)) or 'unknown devices'}.",
+        "Cells: mean ± sample standard deviation over seeds (no ± with a single seed).",
+    ]
+    for (dataset, steps) in sorted(panels):
+        methods = panels[(dataset, steps)]
+        memories = sorted({m for points in methods.values() for m in points}, reverse=True)
+        reference = PAPER_AVERAGE_INCREMENTAL_ACCURACY.get((dataset, steps), {}) if paper else {}
+        for title, attr in (("average incremental accuracy", "accuracy"), ("last accuracy", "last"), ("forgetting", "forgetting")):
+            lines += ["", f"## {dataset}, {steps} steps: {title}", "", "| method | seeds | " + " | ".join(f"m={m}" for m in memories) + " |"]
+            lines.append("|---|---|" + "---|" * len(memories))
+            for method in _sorted_methods(list(methods)):
+                points = methods[method]
+                seeds = max((len(p.seeds) for p in points.values()), default=0)
+                row = [_cell(getattr(points[m], attr)) if m in points else "-" for m in memories]
+                lines.append(f"| {method} | {seeds} | " + " | ".join(row) + " |")
+                if attr == "accuracy" and method in reference:
+                    lines.append(f"| {method} (paper) | | " + " | ".join(f"{reference[method][m]:.1f}" if m in reference[method] else "-" for m in memories) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(panels, paper: bool) -> bytes:
+    """One panel per dataset x steps: average incremental accuracy against memory per class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted(panels)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.3), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    all_methods = _sorted_methods(list({m for k in keys for m in panels[k]}))
+    color_of = {m: colors[i % len(colors)] for i, m in enumerate(all_methods)}
+    for ax, key in zip(axes[0], keys):
+        methods = panels[key]
+        memories = sorted({m for points in methods.values() for m in points}, reverse=True)
+        reference = PAPER_AVERAGE_INCREMENTAL_ACCURACY.get(key, {}) if paper else {}
+        memories = sorted(set(memories) | {m for r in reference.values() for m in r}, reverse=True)
+        position = {m: i for i, m in enumerate(memories)}
+        for method in _sorted_methods(list(methods)):
+            points = methods[method]
+            ms = [m for m in memories if m in points]
+            stats = [mean_std(points[m].accuracy) for m in ms]
+            ax.errorbar(
+                [position[m] for m in ms], [s[0] for s in stats], yerr=[s[1] for s in stats],
+                marker="o", capsize=3, color=color_of[method], label=method,
+            )
+            if method in reference:
+                rm = [m for m in memories if m in reference[method]]
+                ax.plot([position[m] for m in rm], [reference[method][m] for m in rm], "--", marker="x",
+                        color=color_of[method], alpha=0.7, label=f"{method} (paper)")
+        ax.set_xticks(range(len(memories)), [str(m) for m in memories])
+        ax.set_xlabel("memory per class (exemplars)")
+        ax.set_ylabel("average incremental accuracy (%)")
+        ax.set_title(f"{key[0]}, {key[1]} steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_report(folder: str | Path, out: str | Path | None = None, paper: bool = False) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReportError(f"{folder} is not a folder; pass a sweep folder or any folder holding run folders")
+    out = Path(out) if out else folder
+    panels, cost = collect(folder)
+    if not panels:
+        raise ReportError(f"no finished run (metrics.json + config.yaml) below {folder}")
+    atomic_write_text(out / "report.md", markdown(panels, cost, paper))
+    atomic_write_bytes(out / "figure.png", figure(panels, paper))
+    return out

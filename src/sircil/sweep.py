@@ -1,0 +1,175 @@
+"""Grids of independent runs: methods x steps x memory sizes x seeds, under one folder.
+
+A sweep file names each method by a label and the config file of its recipe; the grid
+axes override ``scenario.steps``, ``memory.per_class`` and ``seed`` of that config. Every
+run gets its own resumable run folder ``<out>/runs/<label>_s<steps>_m<m>_seed<seed>``:
+finished runs are skipped, interrupted ones resumed, and ``--shard i/n`` runs every n-th
+run of the grid (from the i-th), so machines or a job array split a sweep without
+coordination. Runs that share a base step share its trained checkpoint through
+``<out>/base_cache`` (the base-step cache, keyed by exactly what the base step depends on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError, load_config, read_yaml_mapping
+from .runfolder import RunFolder, atomic_write_json
+
+
+@dataclass
+class SweepMethod:
+    config: str  # config file, relative to the sweep file
+    overrides: list[str] = field(default_factory=list)  # this method's own, applied after the sweep's
+
+
+@dataclass
+class SweepSpec:
+    methods: dict[str, SweepMethod]
+    steps: list[int] | None = None  # None: each config's own scenario.steps
+    memory_per_class: list[int] | None = None  # None: each config's own memory
+    seeds: list[int] = field(default_factory=lambda: [1993])
+    overrides: list[str] = field(default_factory=list)  # applied to every run, after the grid's
+    shared_base_cache: bool = True
+    path: Path = Path(".")
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    label: str
+    config_file: Path
+    steps: int | None
+    memory_per_class: int | None
+    seed: int
+    method_overrides: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label)
+        steps = f"_s{self.steps}" if self.steps is not None else ""
+        memory = f"_m{self.memory_per_class}" if self.memory_per_class is not None else ""
+        return f"{slug}{steps}{memory}_seed{self.seed}"
+
+    def config(self, overrides: list[str], cache_dir: Path | None) -> Config:
+        grid = [f"seed={self.seed}"]
+        if self.steps is not None:
+            grid.append(f"scenario.steps={self.steps}")
+        if self.memory_per_class is not None:
+            grid += [f"memory.per_class={self.memory_per_class}", "memory.total=null"]
+        if cache_dir is not None:
+            grid.append(f"cache_dir={cache_dir}")
+        try:
+            return load_config(self.config_file, grid + list(overrides) + list(self.method_overrides))
+        except ConfigError as exc:
+            raise ConfigError(f"sweep run {self.name} ({self.config_file}): {exc}") from None
+
+
+_KEYS = {f.name for f in dataclasses.fields(SweepSpec)} - {"path"}
+
+
+def _int_list(raw: dict[str, Any], key: str, path: Path) -> list[int] | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"sweep file {path}: {key} must be a non-empty list of integers, got {value!r}")
+    return value
+
+
+def _overrides(value: Any, key: str, path: Path) -> list[str]:
+    value = value or []
+    if not isinstance(value, list) or not all(isinstance(o, str) and "=" in o for o in value):
+        raise ConfigError(f"sweep file {path}: {key} must be a list of 'key=value' strings, got {value!r}")
+    return value
+
+
+def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> SweepSpec:
+    path = Path(path)
+    raw = read_yaml_mapping(path, "sweep file", "see configs/sweeps/ for examples")
+    unknown = sorted(set(raw) - _KEYS)
+    if unknown:
+        raise ConfigError(f"sweep file {path}: unknown key(s) {unknown}; known: {sorted(_KEYS)}")
+    methods = raw.get("methods")
+    if not isinstance(methods, dict) or not methods:
+        raise ConfigError(f"sweep file {path}: methods must map each label to a config file, e.g. {{PODNet: ../cifar100/podnet_b50_5steps.yaml}}")
+    parsed = {}
+    for label, entry in methods.items():
+        if isinstance(entry, str):
+            entry = {"config": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), str) or set(entry) - {"config", "overrides"}:
+            raise ConfigError(
+                f"sweep file {path}: methods.{label} must be a config file or {{config: FILE, overrides: [key=value, ...]}}, got {entry!r}"
+            )
+        parsed[str(label)] = SweepMethod(entry["config"], _overrides(entry.get("overrides"), f"methods.{label}.overrides", path))
+    overrides = _overrides(raw.get("overrides"), "overrides", path)
+    shared = raw.get("shared_base_cache", True)
+    if not isinstance(shared, bool):
+        raise ConfigError(f"sweep file {path}: shared_base_cache must be true or false")
+    return SweepSpec(
+        methods=parsed,
+        steps=_int_list(raw, "steps", path),
+        memory_per_class=_int_list(raw, "memory_per_class", path),
+        seeds=_int_list(raw, "seeds", path) or [1993],
+        overrides=list(overrides) + list(extra_overrides or []),
+        shared_base_cache=shared,
+        path=path,
+    )
+
+
+def grid(spec: SweepSpec) -> list[SweepRun]:
+    """Every run of the sweep, in a fixed order (methods as listed, then steps, memory, seed)."""
+    runs = []
+    for label, method in spec.methods.items():
+        for steps in spec.steps or [None]:
+            for m in spec.memory_per_class or [None]:
+                for seed in spec.seeds:
+                    runs.append(SweepRun(label, spec.path.parent / method.config, steps, m, seed, tuple(method.overrides)))
+    return runs
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or int(match.group(2)) < 1 or int(match.group(1)) >= int(match.group(2)):
+        raise ConfigError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def shard(runs: list[SweepRun], index: int, count: int) -> list[SweepRun]:
+    return runs[index::count]
+
+
+def run_sweep(
+    sweep_file: str | Path,
+    out: str | Path,
+    shard_spec: tuple[int, int] = (0, 1),
+    overrides: list[str] | None = None,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
+    """Run (or skip, or resume) this shard's runs; returns one status entry per run."""
+    from .trainer import run_experiment
+
+    spec = load_sweep(sweep_file, overrides)
+    out = Path(out)
+    cache_dir = (out / "base_cache").resolve() if spec.shared_base_cache else None
+    runs = shard(grid(spec), *shard_spec)
+    configs = [run.config(spec.overrides, cache_dir) for run in runs]  # every config validated before any training
+    atomic_write_json(
+        out / f"sweep_shard_{shard_spec[0]}of{shard_spec[1]}.json",
+        {"sweep_file": str(Path(sweep_file).resolve()), "shard": list(shard_spec), "runs": [r.name for r in runs], "overrides": spec.overrides},
+    )
+    statuses = []
+    for run, cfg in zip(runs, configs):
+        folder = RunFolder(out / "runs" / run.name)
+        if folder.is_finished() and folder.recorded_hash() == cfg.hash() and not overwrite:
+            statuses.append({"run": run.name, "status": "skipped (finished)"})
+            continue
+        status = "resumed" if folder.path.exists() and folder.recorded_hash() == cfg.hash() else "ran"
+        metrics = run_experiment(cfg, folder.path, overwrite=overwrite)
+        statuses.append({"run": run.name, "status": status, "average_incremental_accuracy": metrics["average_incremental_accuracy"]})
+    return statuses

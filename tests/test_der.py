@@ -1,0 +1,143 @@
+"""DER and SIR_D: expansion, frozen extractors, auxiliary labels, balanced re-training, whole runs."""
+
+import logging
+import types
+
+import pytest
+import torch
+
+from sircil.config import ConfigError
+from sircil.data.datasets import dataset_spec
+from sircil.data.memory import balanced_subset
+from sircil.methods import Step, method_class
+from sircil.methods.der import auxiliary_targets
+from sircil.models import build_backbone
+from sircil.sir import SIR
+from sircil.trainer import Phase, Trainer, run_experiment
+
+from conftest import fashion_config, make_config
+from test_end_to_end import assert_beats_chance
+
+
+def der_method(**method):
+    cfg = make_config(fashion_config(method={"name": "der", "warmup_epochs": 1, **method}, model={"backbone": "resnet20"}))
+    return method_class("der")(cfg, dataset_spec("fashion_mnist"))
+
+
+def test_extractors_grow_by_one_per_step_and_old_ones_stay_fixed():
+    torch.manual_seed(0)
+    der = der_method()
+    model = der.model
+    der.expand(Step(0, 0, 2))
+    assert len(model.extractors) == 1 and model.aux_classifier is None
+    for t in (1, 2):
+        der.expand(Step(t, 2 * t, 2 * t + 2))
+        assert len(model.extractors) == t + 1
+        assert model.classifier.weight.shape == (2 * t + 2, 64 * (t + 1))
+        assert model.aux_classifier.weight.shape == (3, 64)  # 2 new classes + "old"
+    frozen = [{k: v.clone() for k, v in e.state_dict().items()} for e in model.frozen]
+    newest = {k: v.clone() for k, v in model.extractors[-1].state_dict().items()}
+    optimizer = torch.optim.SGD(der.param_groups(Step(2, 4, 6))[0]["params"], lr=0.1)
+    model.train()
+    assert [e.training for e in model.extractors] == [False, False, True]
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 6, (16,))
+    for _ in range(3):
+        out = model(x)
+        loss = sum(der.losses(out, y, Step(2, 4, 6)).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for before, extractor in zip(frozen, model.frozen):
+        assert all(p.grad is None and not p.requires_grad for p in extractor.parameters())
+        after = extractor.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), "a frozen extractor (or its BatchNorm statistics) changed"
+    assert not all(torch.equal(newest[k], v) for k, v in model.extractors[-1].state_dict().items())
+    assert set(der.losses(model(x), y, Step(2, 4, 6))) == {"ce", "aux"}
+
+
+def test_auxiliary_labels_put_every_old_class_in_one():
+    y = torch.tensor([0, 3, 4, 5, 7, 2])
+    assert auxiliary_targets(y, start=4).tolist() == [0, 0, 1, 2, 4, 0]
+
+
+def test_balanced_subset_is_random_and_class_balanced():
+    labels = torch.tensor([0] * 50 + [1] * 5 + [2] * 30 + [3] * 7)
+    indices = torch.arange(len(labels))[labels != 3]
+    picked = balanced_subset(indices, labels, torch.Generator().manual_seed(0))
+    assert torch.bincount(labels[picked]).tolist() == [5, 5, 5]
+    assert set(picked.tolist()) <= set(indices.tolist()) and picked.unique().numel() == picked.numel()
+    assert torch.equal(picked, balanced_subset(indices, labels, torch.Generator().manual_seed(0)))
+    assert not torch.equal(picked.sort().values, balanced_subset(indices, labels, torch.Generator().manual_seed(1)).sort().values)
+
+
+def test_warmup_then_schedule_counted_after_it():
+    phase = Phase("p", torch.arange(4), epochs=14, lr=0.1, loss_fn=None, param_groups=[], scheduler="step", milestones=[5], warmup_epochs=4)
+    assert [round(phase.lr_at(e), 6) for e in (0, 1, 3, 4, 8, 9, 13)] == [0.025, 0.05, 0.1, 0.1, 0.1, 0.01, 0.01]
+
+
+def test_sir_on_the_auxiliary_loss_counts_all_exemplars_as_one_class():
+    der = der_method(sir_aux=True)
+    sir = SIR(make_config(fashion_config(sir={"enabled": True})).sir)
+    labels = torch.tensor([0] * 5 + [1] * 5 + [2] * 40 + [3] * 20)
+    sir.begin_step(1, 2, 4, labels, torch.tensor([0, 0, 1, 1]), None)
+    der.begin_step(Step(1, 2, 4), types.SimpleNamespace(sir=sir, log=logging.getLogger("test")))
+    torch.testing.assert_close(der.aux_offset, torch.log(torch.tensor([10.0, 40.0, 20.0]) / 40.0))
+
+
+def test_der_options_are_validated():
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        make_config(fashion_config(method={"name": "der", "warmup_epochs": 4}))
+    with pytest.raises(ConfigError, match="balanced_milestones"):
+        make_config(fashion_config(method={"name": "der", "warmup_epochs": 1, "balanced_epochs": 10, "balanced_milestones": [12]}))
+    with pytest.raises(ConfigError, match="model.shortcut"):
+        make_config(fashion_config(method={"name": "der", "warmup_epochs": 1}, model={"backbone": "resnet18_cifar"}))
+
+
+def der_config(**sections):
+    der = {"name": "der", "warmup_epochs": 1, "balanced_epochs": 6, "balanced_lr": 0.05, "balanced_milestones": [4]}
+    return fashion_config(method=der, scenario={"base_classes": 4, "steps": 3}, model={"backbone": "resnet20"}, **sections)
+
+
+@pytest.fixture(scope="module")
+def der_runs(fashion_root, tmp_path_factory):
+    """DER and SIR_D on the same slice; records the class counts of every balanced phase."""
+    balanced: list[list[int]] = []
+    original = Trainer.fit
+
+    def recording_fit(self, phase, step):
+        if phase.name == "balanced":
+            balanced.append(torch.bincount(self.train_split.labels[phase.indices], minlength=step.num_seen).tolist())
+        return original(self, phase, step)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "fit", recording_fit)
+        der = run_experiment(make_config(der_config()), tmp_path_factory.mktemp("der"))
+        der_balanced = list(balanced)
+        sir_d = run_experiment(make_config(der_config(sir={"enabled": True, "fc": 1.0, "ca": 0.9, "it": 0.5})), tmp_path_factory.mktemp("sir_d"))
+    return der, sir_d, der_balanced
+
+
+def test_der_and_sir_d_beat_chance_on_every_step(der_runs):
+    der, sir_d, _ = der_runs
+    for metrics in (der, sir_d):
+        assert metrics["finished"] and len(metrics["per_step"]) == 4
+        assert_beats_chance(metrics)
+    assert der["average_incremental_accuracy"] != sir_d["average_incremental_accuracy"]
+
+
+def test_parameters_grow_by_one_extractor_per_step(der_runs):
+    der, _, _ = der_runs
+    params = [r["parameters"] for r in der["per_step"]]
+    extractor = sum(p.numel() for p in build_backbone("resnet20", 1).parameters())
+    for t in range(1, len(params)):
+        classifier_growth = 64 * (t + 1) * (4 + 2 * t) - 64 * t * (2 + 2 * t)
+        aux = 64 * 3 if t > 0 else 0
+        aux_before = 64 * 3 if t > 1 else 0
+        assert params[t] - params[t - 1] == extractor + classifier_growth + aux - aux_before
+
+
+def test_balanced_retraining_sees_every_class_equally(der_runs):
+    _, _, balanced = der_runs
+    assert len(balanced) == 3
+    for counts in balanced:
+        assert len(set(counts)) == 1 and counts[0] == 20  # m = 20 exemplars per old class sets the quota

@@ -1,0 +1,170 @@
+"""Sweeps (grid, shards, skip/resume, shared base steps) and reports (means, stds, figure)."""
+
+import json
+import statistics
+
+import pytest
+import yaml
+
+from sircil.cli import main
+from sircil.config import ConfigError
+from sircil.report import method_label, write_report
+from sircil.sweep import grid, load_sweep, parse_shard, run_sweep, shard
+
+from conftest import FASHION_ROOT
+
+
+def write_sweep(tmp_path, **extra) -> str:
+    body = {
+        "methods": {"Finetune": "finetune.yaml", "Finetune+SIR": {"config": "finetune.yaml", "overrides": ["sir.enabled=true"]}},
+        "memory_per_class": [5, 1],
+        "seeds": [1, 2],
+        **extra,
+    }
+    config = {
+        "method": {"name": "finetune"},
+        "data": {"dataset": "fashion_mnist", "root": str(FASHION_ROOT), "train_per_class": 40, "test_per_class": 20},
+        "scenario": {"base_classes": 6, "steps": 2},
+        "train": {"epochs": 1, "batch_size": 32, "lr": 0.02, "device": "cpu"},
+    }
+    (tmp_path / "finetune.yaml").write_text(yaml.safe_dump(config))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return str(path)
+
+
+def test_shards_cover_the_grid_exactly_once(tmp_path):
+    spec = load_sweep(write_sweep(tmp_path, steps=[1, 2]))
+    runs = grid(spec)
+    assert len(runs) == 2 * 2 * 2 * 2 and len({r.name for r in runs}) == len(runs)
+    for n in (1, 3, 5):
+        parts = [shard(runs, i, n) for i in range(n)]
+        names = [r.name for part in parts for r in part]
+        assert sorted(names) == sorted(r.name for r in runs)
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("3/3", "1", "a/b", "0/0"):
+        with pytest.raises(ConfigError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_sweep_file_errors_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_sweep(write_sweep(tmp_path, memory=[1]))
+    with pytest.raises(ConfigError, match="memory_per_class"):
+        load_sweep(write_sweep(tmp_path, memory_per_class=["x"]))
+    spec = load_sweep(write_sweep(tmp_path, overrides=["memory.per_clas=3"]))
+    with pytest.raises(ConfigError, match="Finetune_m5_seed1.*did you mean memory.per_class"):
+        grid(spec)[0].config(spec.overrides, None)
+
+
+def test_interrupted_sweep_resumes_without_redoing_runs_and_trains_each_base_once(fashion_root, tmp_path, monkeypatch):
+    path = write_sweep(tmp_path)
+    out = tmp_path / "out"
+    from sircil import trainer
+
+    real = trainer.run_experiment
+    calls = []
+
+    def crash_on_third(cfg, folder, **kw):
+        calls.append(folder.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real(cfg, folder, **kw)
+
+    monkeypatch.setattr(trainer, "run_experiment", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(path, out)
+    monkeypatch.setattr(trainer, "run_experiment", real)
+    statuses = run_sweep(path, out)
+    assert [s["status"] for s in statuses[:2]] == ["skipped (finished)"] * 2
+    assert {s["status"] for s in statuses[2:]} == {"ran"}
+    runs = sorted((out / "runs").iterdir())
+    assert len(runs) == 8
+    cached = {}
+    for folder in runs:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        seed = yaml.safe_load((folder / "config.yaml").read_text())["seed"]
+        cached.setdefault(seed, []).append(metrics["base_step_cached"])
+    # per seed: four runs (2 memory sizes x with/without SIR) share one base step, trained once
+    assert {seed: flags.count(False) for seed, flags in cached.items()} == {1: 1, 2: 1}
+    assert len(list((out / "base_cache").glob("base-*.pt"))) == 2
+    again = run_sweep(path, out, shard_spec=(1, 2))
+    assert [s["status"] for s in again] == ["skipped (finished)"] * 4
+
+    assert main(["report", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "fashion_mnist, 2 steps: average incremental accuracy" in report and "| Finetune+SIR[FC] | 2 |" in report
+    assert (out / "figure.png").stat().st_size > 10_000
+
+
+def synthetic_run(folder, method, sir, memory, seed, accuracy, last, steps=5, dataset="cifar100"):
+    folder.mkdir(parents=True)
+    config = {
+        "seed": seed,
+        "method": {"name": method},
+        "data": {"dataset": dataset},
+        "scenario": {"base_classes": 50, "steps": steps},
+        "memory": {"per_class": memory},
+        "sir": {"enabled": sir, "fc": 1.0, "ca": 0.9, "it": 0.5},
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    per_step = [{"step": 0, "wall_seconds": 1800.0}, {"step": 1, "wall_seconds": 1800.0}]
+    metrics = {"finished": True, "average_incremental_accuracy": accuracy, "last_accuracy": last, "forgetting": 10.0, "per_step": per_step}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_report_gives_means_and_standard_deviations_over_seeds(tmp_path):
+    values = {1: (60.0, 50.0), 2: (62.0, 51.0), 3: (67.0, 55.0)}
+    for seed, (acc, last) in values.items():
+        synthetic_run(tmp_path / f"pod_{seed}", "podnet", True, 5, seed, acc, last)
+    synthetic_run(tmp_path / "der", "der", False, 20, 1, 70.0, 60.0, steps=10)
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "config.yaml").write_text("{}")
+    (tmp_path / "unfinished" / "metrics.json").write_text(json.dumps({"finished": False}))
+    write_report(tmp_path, paper=True)
+    report = (tmp_path / "report.md").read_text()
+    accs = [v[0] for v in values.values()]
+    expected = f"| SIR_P | 3 | {statistics.fmean(accs):.1f} ± {statistics.stdev(accs):.1f} |"
+    assert expected in report
+    assert f"| SIR_P | 3 | {statistics.fmean([v[1] for v in values.values()]):.1f} ± {statistics.stdev([v[1] for v in values.values()]):.1f} |" in report
+    assert "| DER | 1 | 70.0 |" in report and "| DER (paper) | | 72.5 |" in report
+    assert "4 finished runs (1 unfinished left out); 4.00 device-hours" in report
+    assert (tmp_path / "figure.png").is_file()
+
+
+def test_method_labels_follow_the_paper():
+    assert method_label({"method": {"name": "podnet"}, "sir": {"enabled": True, "fc": 1, "ca": 0.9, "it": 0.5}}) == "SIR_P"
+    assert method_label({"method": {"name": "der"}, "sir": {"enabled": False}}) == "DER"
+    assert method_label({"method": {"name": "ucir"}, "sir": {"enabled": True, "fc": 1, "ca": 1.0, "it": 0.5}}) == "UCIR+SIR[FC+IT]"
+
+
+def test_report_on_an_empty_folder_says_so(tmp_path):
+    assert main(["report", str(tmp_path)]) == 2
+
+
+def test_claim_serializes_processes_and_takes_over_a_dead_holder(tmp_path):
+    import os
+    import platform
+    import subprocess
+    import sys
+    import time
+
+    from sircil.runfolder import claim
+
+    target = tmp_path / "base.pt"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from pathlib import Path; from sircil.runfolder import claim\n"
+         f"with claim(Path({str(target)!r})):\n    print('held', flush=True); import time; time.sleep(1.5)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    start = time.perf_counter()
+    with claim(target, poll_seconds=0.1):
+        waited = time.perf_counter() - start
+    holder.wait()
+    assert waited > 0.5, "the second claimant did not wait for the first"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "base.pt.lock").write_text(f"{platform.node()} {dead}")
+    with claim(target, poll_seconds=0.1):
+        assert (tmp_path / "base.pt.lock").read_text() == f"{platform.node()} {os.getpid()}"
+    assert not (tmp_path / "base.pt.lock").exists()
