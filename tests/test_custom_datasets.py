@@ -19,7 +19,7 @@ def write_tree(root, classes=("zebra", "apple", "mango"), per_class=(4, 2), size
             folder = root / split / name
             folder.mkdir(parents=True)
             for i in range(count):
-                image = np.full((*size, 3), 40 + 80 * k, dtype=np.uint8)
+                image = np.full((*size, 3), (40 + 80 * k) % 256, dtype=np.uint8)
                 image[..., 0] = 10 * i
                 Image.fromarray(image).save(folder / f"img{i}.jpg", quality=95)
     return root
@@ -92,3 +92,19 @@ def test_a_run_on_numpy_arrays_end_to_end(tmp_path):
     metrics = run_experiment(make_config(raw), tmp_path / "run")
     assert metrics["finished"] and len(metrics["per_step"]) == 2
     assert metrics["per_step"][0]["accuracy"] > 60.0
+
+
+def test_imagenet_subset_picks_its_100_classes_and_names_missing_ones(tmp_path):
+    from sircil.data.imagenet_subsets import IMAGENET_SUBSETS
+
+    wnids = IMAGENET_SUBSETS["podnet"]
+    write_tree(tmp_path / "imagenet", classes=(*wnids, "n99999999"), per_class=(1, 1), size=(12, 12))
+    cfg = DataConfig(dataset="imagenet_subset", subset="podnet", root=str(tmp_path / "imagenet"), image_size=8)
+    ds = load_dataset(cfg)
+    assert ds.class_names == sorted(wnids) and ds.train.images.shape == (100, 3, 8, 8)
+    with pytest.raises(DatasetError, match=r"imagenet_subset \(ucir\): 91 of its 100 classes have no folder"):
+        load_dataset(DataConfig(dataset="imagenet_subset", root=str(tmp_path / "imagenet"), image_size=8))
+    with pytest.raises(ConfigError, match="data.subset must be one of"):
+        make_config({"data": {"dataset": "imagenet_subset", "subset": "mine", "image_size": 8}})
+    with pytest.raises(ConfigError, match="data.subset names an ImageNet subset"):
+        make_config({"data": {"dataset": "fashion_mnist", "subset": "ucir"}})

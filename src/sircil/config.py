@@ -41,6 +41,7 @@ class DataConfig:
     image_size: int | None = None  # image folders: images resized (shorter side) and center-cropped to this
     crop: str = "pad"  # "pad": pad + random crop (CIFAR); "resized": random resized crop to crop_size (ImageNet)
     crop_size: int | None = None  # "resized": training crop and evaluation center crop (e.g. 224 of 256)
+    subset: str | None = None  # imagenet_subset: "ucir" (default) or "podnet"
 
 
 @dataclass
@@ -334,6 +335,10 @@ def validate(cfg: Config) -> None:
     _require(
         (d.crop == "resized") == (d.crop_size is not None),
         f"data.crop_size goes with data.crop=resized (and only then); got crop={d.crop!r}, crop_size={d.crop_size}",
+    )
+    _require(
+        d.subset is None or d.dataset == "imagenet_subset",
+        f"data.subset names an ImageNet subset and goes with data.dataset=imagenet_subset, not {d.dataset!r}",
     )
     spec = resolve_spec(d)
     _require(

@@ -5,6 +5,9 @@
 order, images are decoded once (threads), resized on their shorter side and center-cropped to
 ``data.image_size``, and kept as uint8 tensors like every other dataset.
 
+``data.dataset: imagenet_subset`` is an ImageNet folder restricted to one of the two
+100-class subsets of the literature (``data.subset``, see imagenet_subsets.py).
+
 ``data.dataset: numpy`` reads ``data.root``, a ``.npz`` file with ``x_train``, ``y_train``,
 ``x_test``, ``y_test`` (uint8 images as N x H x W, N x H x W x C or N x C x H x W with
 C = 1 or 3; integer labels 0..K-1) and optionally ``class_names``.
@@ -138,6 +141,56 @@ def _load_imagefolder(root: Path, cfg: DataConfig):
     train = _read_split(train_dir, classes, size, cfg.train_per_class)
     test = _read_split(test_dir, classes, size, cfg.test_per_class)
     return train, test, classes
+
+
+# --- ImageNet-Subset ---------------------------------------------------------------------
+
+IMAGENET_SUBSET = DatasetSpec(
+    name="imagenet_subset",
+    num_classes=100,
+    channels=3,
+    image_size=0,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    flip=True,
+    default_roots=(),
+    where_to_get=(
+        "Point data.root at an ImageNet (ILSVRC-2012) folder with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG "
+        "(the validation images sorted into class folders, as torchvision's ImageFolder expects), holding "
+        "all 1000 classes or just the subset's 100."
+    ),
+)
+
+
+def probe_imagenet_subset(root: Path, cfg: DataConfig) -> DatasetSpec:
+    from ..config import ConfigError
+    from .imagenet_subsets import IMAGENET_SUBSETS
+
+    if cfg.subset not in (None, *IMAGENET_SUBSETS):
+        raise ConfigError(f"data.subset must be one of {sorted(IMAGENET_SUBSETS)} (or null: ucir), got {cfg.subset!r}")
+    if cfg.image_size is None:
+        raise ConfigError("data.dataset=imagenet_subset needs data.image_size (e.g. 256, with data.crop=resized, data.crop_size=224)")
+    return dataclasses.replace(IMAGENET_SUBSET, image_size=cfg.image_size)
+
+
+@register_dataset(IMAGENET_SUBSET, probe=probe_imagenet_subset)
+def _load_imagenet_subset(root: Path, cfg: DataConfig):
+    from .imagenet_subsets import IMAGENET_SUBSETS
+
+    wnids = list(IMAGENET_SUBSETS[cfg.subset or "ucir"])
+    splits = []
+    for split in ("train", "val"):
+        folder = root / split
+        present = set(_classes(folder)) if folder.is_dir() else set()
+        missing = [w for w in wnids if w not in present]
+        if missing:
+            raise DatasetError(
+                f"imagenet_subset ({cfg.subset or 'ucir'}): {len(missing)} of its 100 classes have no folder in {folder} "
+                f"(e.g. {missing[:3]}). {IMAGENET_SUBSET.where_to_get}"
+            )
+        limit = cfg.train_per_class if split == "train" else cfg.test_per_class
+        splits.append(_read_split(folder, wnids, int(cfg.image_size), limit))
+    return splits[0], splits[1], wnids
 
 
 # --- numpy arrays ------------------------------------------------------------------------
