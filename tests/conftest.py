@@ -49,7 +49,7 @@ def make_config(raw: dict):
     return config_from_dict(raw)
 
 
-VOLATILE = {"wall_seconds", "train_images_per_second"}
+VOLATILE = {"wall_seconds", "train_images_per_second", "peak_memory_mb"}
 
 
 def stable(metrics: dict) -> dict:

@@ -136,3 +136,16 @@ def test_cli_run_and_config_commands(fashion_root, tmp_path, capsys):
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "finished run" in capsys.readouterr().err
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--overwrite"]) == 0
+
+
+def test_every_step_records_its_cost_and_the_run_its_provenance(finetune_run):
+    _, out, metrics = finetune_run
+    for record in metrics["per_step"]:
+        assert record["wall_seconds"] > 0 and record["train_images_per_second"] > 0
+        assert 50 < record["peak_memory_mb"] < 24 * 1024
+        assert record["parameters"] > 400_000
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["config_hash"] == metrics["config_hash"]
+    for key in ("sircil_version", "git_commit", "python", "torch", "cuda", "cudnn", "device_name", "command"):
+        assert key in provenance, key
+    assert provenance["torch"] and provenance["device"] == "cpu"

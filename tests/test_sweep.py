@@ -168,3 +168,9 @@ def test_claim_serializes_processes_and_takes_over_a_dead_holder(tmp_path):
     with claim(target, poll_seconds=0.1):
         assert (tmp_path / "base.pt.lock").read_text() == f"{platform.node()} {os.getpid()}"
     assert not (tmp_path / "base.pt.lock").exists()
+
+
+def test_method_families_pair_each_method_with_its_sir_version():
+    from sircil.report import family
+
+    assert [family(m) for m in ("SIR_P", "SIR_D", "UCIR+SIR", "Finetune+SIR[FC]", "iCaRL")] == ["PODNet", "DER", "UCIR", "Finetune", "iCaRL"]

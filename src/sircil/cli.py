@@ -18,6 +18,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out) if args.out else default_out(args.config, cfg.hash())
+    if cfg.cache_dir is None and not args.no_base_cache:
+        cfg.cache_dir = str(out.resolve().parent / "base_cache")
     print(f"run folder: {out}", file=sys.stderr)
     run_experiment(cfg, out, resume=args.resume, overwrite=args.overwrite)
     return 0
@@ -57,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default runs/<config name>-<config hash>)")
     run.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (a plain rerun does too)")
     run.add_argument("--overwrite", action="store_true", help="discard a finished or different run in --out")
+    run.add_argument(
+        "--no-base-cache", action="store_true",
+        help="train the base step even if a run beside this one cached the same base step (default: share runs/base_cache)",
+    )
     run.set_defaults(func=cmd_run)
     show = sub.add_parser("config", help="print the resolved config (after --set) without running")
     show.add_argument("config")

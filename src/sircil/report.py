@@ -23,7 +23,7 @@ from .runfolder import atomic_write_bytes, atomic_write_text
 
 NAMES = {"finetune": "Finetune", "icarl": "iCaRL", "ucir": "UCIR", "podnet": "PODNet", "der": "DER"}
 WITH_SIR = {"podnet": "SIR_P", "der": "SIR_D"}
-ORDER = ["Finetune", "iCaRL", "UCIR", "PODNet", "DER", "SIR_P", "SIR_D"]
+ORDER = ["Finetune", "Finetune+SIR", "iCaRL", "iCaRL+SIR", "UCIR", "UCIR+SIR", "PODNet", "SIR_P", "DER", "SIR_D"]
 
 
 class ReportError(RuntimeError):
@@ -88,6 +88,12 @@ def collect(folder: Path) -> tuple[dict[tuple[str, int], dict[str, dict[int, Poi
     return panels, cost
 
 
+def family(label: str) -> str:
+    """The base method of a label: SIR_P -> PODNet, SIR_D -> DER, UCIR+SIR -> UCIR."""
+    base = {v: NAMES[k] for k, v in WITH_SIR.items()}.get(label, label)
+    return base.split("+SIR")[0]
+
+
 def _sorted_methods(methods: list[str]) -> list[str]:
     return sorted(methods, key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m))
 
@@ -111,11 +117,16 @@ def markdown(panels, cost, paper: bool) -> str:
         methods = panels[(dataset, steps)]
         memories = sorted({m for points in methods.values() for m in points}, reverse=True)
         reference = PAPER_AVERAGE_INCREMENTAL_ACCURACY.get((dataset, steps), {}) if paper else {}
-        for title, attr in (("average incremental accuracy", "accuracy"), ("last accuracy", "last"), ("forgetting", "forgetting")):
+        tables = [("average incremental accuracy", "accuracy"), ("last accuracy", "last"), ("forgetting", "forgetting")]
+        if any(p.nme for points in methods.values() for p in points.values()):
+            tables.append(("average incremental accuracy, nearest-mean-of-exemplars classifier", "nme"))
+        for title, attr in tables:
             lines += ["", f"## {dataset}, {steps} steps: {title}", "", "| method | seeds | " + " | ".join(f"m={m}" for m in memories) + " |"]
             lines.append("|---|---|" + "---|" * len(memories))
             for method in _sorted_methods(list(methods)):
                 points = methods[method]
+                if attr == "nme" and not any(p.nme for p in points.values()):
+                    continue
                 seeds = max((len(p.seeds) for p in points.values()), default=0)
                 row = [_cell(getattr(points[m], attr)) if m in points else "-" for m in memories]
                 lines.append(f"| {method} | {seeds} | " + " | ".join(row) + " |")
@@ -132,10 +143,12 @@ def figure(panels, paper: bool) -> bytes:
     import matplotlib.pyplot as plt
 
     keys = sorted(panels)
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.0 * len(keys), 4.8), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     all_methods = _sorted_methods(list({m for k in keys for m in panels[k]}))
-    color_of = {m: colors[i % len(colors)] for i, m in enumerate(all_methods)}
+    families = list(dict.fromkeys(family(m) for m in all_methods))
+    color_of = {m: colors[families.index(family(m)) % len(colors)] for m in all_methods}
+    with_sir = {m: family(m) != m for m in all_methods}  # a method with SIR: same colour, dash-dot, squares
     for ax, key in zip(axes[0], keys):
         methods = panels[key]
         memories = sorted({m for points in methods.values() for m in points}, reverse=True)
@@ -148,11 +161,12 @@ def figure(panels, paper: bool) -> bytes:
             stats = [mean_std(points[m].accuracy) for m in ms]
             ax.errorbar(
                 [position[m] for m in ms], [s[0] for s in stats], yerr=[s[1] for s in stats],
-                marker="o", capsize=3, color=color_of[method], label=method,
+                marker="s" if with_sir[method] else "o", linestyle="-." if with_sir[method] else "-",
+                capsize=3, color=color_of[method], label=method,
             )
             if method in reference:
                 rm = [m for m in memories if m in reference[method]]
-                ax.plot([position[m] for m in rm], [reference[method][m] for m in rm], "--", marker="x",
+                ax.plot([position[m] for m in rm], [reference[method][m] for m in rm], ":", marker="x",
                         color=color_of[method], alpha=0.7, label=f"{method} (paper)")
         ax.set_xticks(range(len(memories)), [str(m) for m in memories])
         ax.set_xlabel("memory per class (exemplars)")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -151,6 +152,8 @@ class Trainer:
     def run_step(self, t: int) -> None:
         step = self.step_info(t)
         wall = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         labels = self.train_split.labels
         new_idx = torch.nonzero((labels >= step.start) & (labels < step.end)).flatten()
         mem_idx = self.memory.indices().to(self.device)
@@ -203,6 +206,7 @@ class Trainer:
             wall_seconds=round(time.perf_counter() - wall, 3),
             train_images_per_second=round(images_seen / max(train_seconds, 1e-9), 1),
             parameters=sum(p.numel() for p in self.method.model.parameters()),
+            peak_memory_mb=round(self.peak_memory_mb(), 1),
         )
         self.records.append(record)
         metrics = self.metrics(finished=False)
@@ -396,6 +400,12 @@ class Trainer:
         counts = self.memory.counts()
         record.update(memory_size=sum(counts.values()), memory_per_class=self.memory.quota(len(counts)))
         return record
+
+    def peak_memory_mb(self) -> float:
+        """This step's peak device memory on CUDA; on CPU the process's peak resident memory so far."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
     @staticmethod
     def mean_logits(logits: torch.Tensor, start: int) -> tuple[float, float]:
