@@ -84,6 +84,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     channels_last: bool = True
     threads: int | None = None
+    checkpoint_every: int = 10  # epochs of a step's main phase between mid-step checkpoints (0: only after each step)
 
 
 @dataclass
@@ -130,11 +131,13 @@ class Config:
 
         Only fields that differ from their defaults count (the method's name always does), so
         a later sircil that adds an option, defaulting to the old behaviour, still recognizes
-        and resumes earlier runs. Where the base-step cache lives and how many CPU threads
-        run are left out: neither changes a result, and a run may resume with either changed."""
+        and resumes earlier runs. Where the base-step cache lives, how many CPU threads run
+        and how often a step checkpoints are left out: none changes a result, and a run may
+        resume with any of them changed."""
         content = _non_default(self)
         content.pop("cache_dir", None)
-        content.get("train", {}).pop("threads", None)
+        for key in ("threads", "checkpoint_every"):
+            content.get("train", {}).pop(key, None)
         content.setdefault("method", {})["name"] = self.method.name
         text = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
@@ -395,6 +398,7 @@ def validate(cfg: Config) -> None:
     _require(t.device.split(":")[0] in Config.DEVICES, f"train.device must be one of {Config.DEVICES} (cuda:N allowed), got {t.device!r}")
     _require(t.grad_clip_value is None or t.grad_clip_value > 0, f"train.grad_clip_value must be > 0 or null, got {t.grad_clip_value}")
     _require(t.threads is None or t.threads >= 1, f"train.threads must be >= 1 or null, got {t.threads}")
+    _require(t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0 (0: only after each step), got {t.checkpoint_every}")
     for key, stones, epochs in (
         ("train.milestones", t.milestones, t.epochs),
         ("train.base_milestones", t.base_milestones or [], t.base_epochs or t.epochs),

@@ -193,9 +193,31 @@ class RunFolder:
     def save_checkpoint(self, step: int, state: dict[str, Any]) -> None:
         atomic_torch_save(self.checkpoint_path(step), {"format": CHECKPOINT_FORMAT, "sircil_version": __version__, **state})
 
+    def partial_path(self, step: int) -> Path:
+        return self.checkpoint_dir / f"step_{step:03d}_partial.pt"
+
+    def save_partial(self, step: int, state: dict[str, Any]) -> None:
+        """Mid-step state (model, optimizer, random stream, next epoch) of an unfinished step."""
+        atomic_torch_save(self.partial_path(step), {"format": CHECKPOINT_FORMAT, "sircil_version": __version__, **state})
+
+    def load_partial(self, step: int, log: logging.Logger | None = None) -> dict[str, Any] | None:
+        path = self.partial_path(step)
+        if not path.is_file():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # torn or foreign: the step restarts from its beginning
+            if log:
+                log.warning("mid-step checkpoint %s is unreadable (%s); step %d restarts from its beginning", path, exc, step)
+            return None
+        return state if state.get("format") == CHECKPOINT_FORMAT else None
+
+    def remove_partial(self, step: int) -> None:
+        self.partial_path(step).unlink(missing_ok=True)
+
     def latest_checkpoint(self, log: logging.Logger | None = None) -> dict[str, Any] | None:
-        """The newest checkpoint that loads; a damaged one is reported and skipped."""
-        for path in sorted(self.checkpoint_dir.glob("step_*.pt"), reverse=True):
+        """The newest end-of-step checkpoint that loads; a damaged one is reported and skipped."""
+        for path in sorted(self.checkpoint_dir.glob("step_[0-9][0-9][0-9].pt"), reverse=True):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=False)
             except Exception as exc:  # a torn or foreign file: fall back to the previous step

@@ -139,7 +139,7 @@ class Trainer:
             list(self.scenario.increments), self.class_order[:10],
         )
         for t in range(first, self.scenario.num_steps):
-            self.run_step(t)
+            self.run_step(t, self.load_partial(t) if t == first else None)
         metrics = self.metrics(finished=True)
         self.folder.write_metrics(metrics)
         self.log.info(
@@ -149,7 +149,8 @@ class Trainer:
         )
         return metrics
 
-    def run_step(self, t: int) -> None:
+    def run_step(self, t: int, partial: dict[str, Any] | None = None) -> None:
+        """Train, evaluate and checkpoint step ``t``; ``partial`` continues its main phase mid-way."""
         step = self.step_info(t)
         wall = time.perf_counter()
         if self.device.type == "cuda":
@@ -195,7 +196,7 @@ class Trainer:
                 images_seen, train_seconds = 0, 0.0
                 self.log.info("step 0: trained base model taken from the cache %s", cache)
             else:
-                images_seen, train_seconds = self.fit(phase, step)
+                images_seen, train_seconds = self.fit(phase, step, checkpoints=True, resume=partial)
                 if cache is not None:
                     atomic_torch_save(cache, self.method.state_dict())
         self.update_memory(step)
@@ -211,6 +212,7 @@ class Trainer:
         self.records.append(record)
         metrics = self.metrics(finished=False)
         self.folder.save_checkpoint(t, self.checkpoint_state(t))
+        self.folder.remove_partial(t)
         self.folder.write_metrics(metrics)
         sir = " + SIR" if self.sir is not None else ""
         self.folder.write_plot(metrics, f"{self.cfg.method.name}{sir} on {self.spec.name}, memory {self.memory_label()}")
@@ -238,8 +240,9 @@ class Trainer:
 
         return loss_fn
 
-    def fit(self, phase: Phase, step: Step) -> tuple[int, float]:
-        """Run a phase; returns (images trained on, seconds spent)."""
+    def fit(self, phase: Phase, step: Step, checkpoints: bool = False, resume: dict[str, Any] | None = None) -> tuple[int, float]:
+        """Run a phase; returns (images trained on, seconds spent). With ``checkpoints``, the
+        state is saved every ``train.checkpoint_every`` epochs; ``resume`` continues from one."""
         model = self.method.model
         optimizer = torch.optim.SGD(phase.param_groups, lr=phase.lr, momentum=phase.momentum, weight_decay=phase.weight_decay)
         for group in optimizer.param_groups:
@@ -253,7 +256,15 @@ class Trainer:
         batches = n // batch  # drop the last partial batch: every step has the same shape
         interactive = sys.stderr.isatty()
         seen, seconds = 0, 0.0
-        for epoch in range(phase.epochs):
+        first_epoch = 0
+        if resume is not None:
+            self.method.load_state_dict(resume["method_state"])
+            optimizer.load_state_dict(resume["optimizer"])
+            generator.set_state(resume["generator"])
+            first_epoch = resume["epoch"]
+            self.log.info("step %d %s: resuming at epoch %d/%d from %s", step.index, phase.name, first_epoch + 1, phase.epochs, self.folder.partial_path(step.index))
+        every = self.cfg.train.checkpoint_every if checkpoints else 0
+        for epoch in range(first_epoch, phase.epochs):
             if phase.on_epoch_start is not None:
                 phase.on_epoch_start(epoch)
             lr = phase.lr_at(epoch)
@@ -299,6 +310,11 @@ class Trainer:
                 "step %d %s epoch %d/%d: loss %.4f (%s) acc %.1f lr %.4g %.0f img/s",
                 step.index, phase.name, epoch + 1, phase.epochs, values[0], parts, accuracy, lr, batches * batch / max(elapsed, 1e-9),
             )
+            if every and (epoch + 1) % every == 0 and epoch + 1 < phase.epochs:
+                self.folder.save_partial(step.index, {
+                    "step": step.index, "phase": phase.name, "epoch": epoch + 1, "config_hash": self.cfg.hash(),
+                    "method_state": self.method.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                })
         return seen, seconds
 
     def begin_sir(self, step: Step, indices: torch.Tensor) -> None:
@@ -447,6 +463,16 @@ class Trainer:
             "matrix_nme": self.matrix_nme,
             "base_step_cached": self.base_step_cached,
         }
+
+    def load_partial(self, t: int) -> dict[str, Any] | None:
+        """The mid-step checkpoint of step ``t``, if one was left by an interrupted run of this config."""
+        state = self.folder.load_partial(t, self.log)
+        if state is None:
+            return None
+        if state.get("config_hash") != self.cfg.hash() or state.get("step") != t:
+            self.log.warning("ignoring %s: made by another config or for another step", self.folder.partial_path(t))
+            return None
+        return state
 
     def _resume(self) -> int:
         state = self.folder.latest_checkpoint(self.log)

@@ -1,0 +1,58 @@
+"""Bad inputs stop a run with a message that names the problem, and lose nothing already done."""
+
+import pytest
+import torch
+
+from sircil.runfolder import RunFolder, RunFolderError
+from sircil.trainer import TrainingError, run_experiment
+
+from conftest import fashion_config, make_config
+
+
+def tiny(**sections):
+    raw = fashion_config(**sections)
+    raw["data"].update(train_per_class=30, test_per_class=10)
+    raw["train"].update(epochs=1, batch_size=16)
+    return raw
+
+
+def test_non_finite_loss_names_step_and_epoch_and_keeps_the_last_checkpoint(fashion_root, tmp_path):
+    raw = tiny(train={"base_lr": 0.02, "lr": 1e30})
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 1, phase train, epoch 1.*checkpoint of step 0 is kept"):
+        run_experiment(make_config(raw), tmp_path)
+    assert RunFolder(tmp_path).latest_checkpoint()["step"] == 0
+
+
+def test_a_changed_config_cannot_resume_an_interrupted_run(fashion_root, tmp_path, monkeypatch):
+    from sircil.trainer import Trainer
+
+    original = Trainer.run_step
+
+    def stop_after_base(self, t, partial=None):
+        if t == 1:
+            raise KeyboardInterrupt
+        original(self, t, partial)
+
+    monkeypatch.setattr(Trainer, "run_step", stop_after_base)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(make_config(tiny()), tmp_path)
+    monkeypatch.setattr(Trainer, "run_step", original)
+    with pytest.raises(RunFolderError, match="made from another config .*--overwrite"):
+        run_experiment(make_config(tiny(memory={"per_class": 5})), tmp_path)
+
+
+def test_a_checkpoint_of_another_method_is_refused(fashion_root, tmp_path):
+    cfg = make_config(tiny())
+    folder = RunFolder(tmp_path)
+    folder.prepare(cfg.to_yaml(), cfg.hash(), overwrite=False, require_existing=False)
+    folder.save_checkpoint(0, {"step": 0, "method": "podnet", "config_hash": "0" * 64})
+    with pytest.raises(RunFolderError, match="made by method 'podnet'"):
+        run_experiment(cfg, tmp_path)
+
+
+def test_a_checkpoint_of_another_format_is_refused(tmp_path):
+    folder = RunFolder(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"format": 99, "step": 0}, folder.checkpoint_path(0))
+    with pytest.raises(RunFolderError, match="checkpoint format 99"):
+        folder.latest_checkpoint()
