@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from sircil.cli import main
 from sircil.runfolder import RunFolderError
@@ -149,3 +150,22 @@ def test_every_step_records_its_cost_and_the_run_its_provenance(finetune_run):
     for key in ("sircil_version", "git_commit", "python", "torch", "cuda", "cudnn", "device_name", "command"):
         assert key in provenance, key
     assert provenance["torch"] and provenance["device"] == "cpu"
+
+
+def test_bf16_precision_runs_the_forward_passes_in_bfloat16(fashion_root, tmp_path, monkeypatch):
+    """Plumbing only: bfloat16 is emulated on this CPU (about 30x slower), the speed is a GPU matter."""
+    from sircil.methods.finetune import Finetune
+
+    dtypes = set()
+    original = Finetune.losses
+
+    def recording(self, out, y, step):
+        dtypes.add(out["logits"].dtype)
+        return original(self, out, y, step)
+
+    monkeypatch.setattr(Finetune, "losses", recording)
+    raw = fashion_config(train={"precision": "bf16", "epochs": 1, "batch_size": 8}, scenario={"base_classes": 8, "steps": 1})
+    raw["data"].update(train_per_class=8, test_per_class=4)
+    metrics = run_experiment(make_config(raw), tmp_path)
+    assert metrics["finished"] and dtypes == {torch.bfloat16}
+    assert all(0 <= r["accuracy"] <= 100 for r in metrics["per_step"])

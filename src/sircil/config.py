@@ -85,6 +85,7 @@ class TrainConfig:
     channels_last: bool = True
     threads: int | None = None
     checkpoint_every: int = 10  # epochs of a step's main phase between mid-step checkpoints (0: only after each step)
+    precision: str = "fp32"  # "bf16": forward passes and losses under bfloat16 autocast (weights, optimizer stay fp32)
 
 
 @dataclass
@@ -398,6 +399,7 @@ def validate(cfg: Config) -> None:
     _require(t.device.split(":")[0] in Config.DEVICES, f"train.device must be one of {Config.DEVICES} (cuda:N allowed), got {t.device!r}")
     _require(t.grad_clip_value is None or t.grad_clip_value > 0, f"train.grad_clip_value must be > 0 or null, got {t.grad_clip_value}")
     _require(t.threads is None or t.threads >= 1, f"train.threads must be >= 1 or null, got {t.threads}")
+    _require(t.precision in ("fp32", "bf16"), f"train.precision must be 'fp32' or 'bf16', got {t.precision!r}")
     _require(t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0 (0: only after each step), got {t.checkpoint_every}")
     for key, stones, epochs in (
         ("train.milestones", t.milestones, t.epochs),

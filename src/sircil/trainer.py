@@ -283,15 +283,16 @@ class Trainer:
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = labels[idx]
-                terms, logits = phase.loss_fn(x, y)
-                loss = torch.stack(list(terms.values())).sum()
+                with self.autocast():
+                    terms, logits = phase.loss_fn(x, y)
+                loss = torch.stack([v.float() for v in terms.values()]).sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if phase.grad_clip_value is not None:
                     torch.nn.utils.clip_grad_value_(params, phase.grad_clip_value)
                 optimizer.step()
                 sums = sums + loss.detach()
-                stacked = torch.stack([v.detach() for v in terms.values()])
+                stacked = torch.stack([v.detach().float() for v in terms.values()])
                 terms_sum = stacked if terms_sum is None else terms_sum + stacked
                 correct = correct + (logits.detach().argmax(1) == y).sum()
             values = (torch.cat([sums.view(1), terms_sum]) / batches).tolist()
@@ -368,7 +369,8 @@ class Trainer:
 
     def embed(self, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
         self.method.model.eval()
-        return embed_images(self.method.embed, images, self.cfg.train.eval_batch_size, self.normalizer, self.channels_last, flip)
+        with self.autocast():
+            return embed_images(self.method.embed, images, self.cfg.train.eval_batch_size, self.normalizer, self.channels_last, flip)
 
     def embed_classes(self, classes: range) -> dict[int, torch.Tensor]:
         """L2-normalized features of every training sample of each class, under the current model."""
@@ -386,7 +388,8 @@ class Trainer:
         model.eval()
         mask = self.test_split.labels < step.end
         images, labels = self.test_split.images[mask], self.test_split.labels[mask]
-        out = infer(self.method.eval_logits, images, self.cfg.train.eval_batch_size, self.normalizer, self.channels_last)
+        with self.autocast():
+            out = infer(self.method.eval_logits, images, self.cfg.train.eval_batch_size, self.normalizer, self.channels_last)
         bounds = [(self.scenario.start(j), self.scenario.end(j)) for j in range(step.index + 1)]
         pred = out["logits"][:, : step.end].argmax(1)
         cnn = step_accuracies(pred, labels, step.start)
@@ -463,6 +466,12 @@ class Trainer:
             "matrix_nme": self.matrix_nme,
             "base_step_cached": self.base_step_cached,
         }
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast around forward passes and losses with ``train.precision=bf16``."""
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def load_partial(self, t: int) -> dict[str, Any] | None:
         """The mid-step checkpoint of step ``t``, if one was left by an interrupted run of this config."""
