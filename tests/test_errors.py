@@ -56,3 +56,15 @@ def test_a_checkpoint_of_another_format_is_refused(tmp_path):
     torch.save({"format": 99, "step": 0}, folder.checkpoint_path(0))
     with pytest.raises(RunFolderError, match="checkpoint format 99"):
         folder.latest_checkpoint()
+
+
+def test_a_run_folder_in_use_by_a_live_process_is_refused(tmp_path):
+    import os
+    import platform
+
+    from sircil.runfolder import LOCK_NAME, RunInProgress
+
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / LOCK_NAME).write_text(f"{platform.node()} {os.getppid()}")  # a live process: our parent
+    with pytest.raises(RunInProgress, match="being run by another process"):
+        run_experiment(make_config(tiny()), tmp_path)

@@ -135,7 +135,7 @@ class Config:
         and resumes earlier runs. Where the base-step cache lives, how many CPU threads run
         and how often a step checkpoints are left out: none changes a result, and a run may
         resume with any of them changed."""
-        content = _non_default(self)
+        content = non_default(self)
         content.pop("cache_dir", None)
         for key in ("threads", "checkpoint_every"):
             content.get("train", {}).pop(key, None)
@@ -147,13 +147,13 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _non_default(obj: Any) -> dict[str, Any]:
+def non_default(obj: Any) -> dict[str, Any]:
     """The fields of a config dataclass (recursively) whose values differ from the defaults."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
-            nested = _non_default(value)
+            nested = non_default(value)
             if nested:
                 out[f.name] = nested
             continue

@@ -26,6 +26,7 @@ import torch
 from . import __version__
 
 CHECKPOINT_FORMAT = 1
+LOCK_NAME = "run.lock"  # held by the process running a run folder (trainer.run_experiment)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -62,6 +63,34 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+class RunInProgress(RunFolderError):
+    """Another live process is running this run folder."""
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Exclusive use of ``path`` or an immediate :class:`RunInProgress`; a lock left by a dead
+    process on this host is taken over."""
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            if _holder_is_dead(lock):
+                lock.unlink(missing_ok=True)
+                continue
+            holder = lock.read_text().strip() if lock.exists() else "?"
+            raise RunInProgress(f"{path.parent} is being run by another process ({holder}); wait for it, or delete {lock} if that process is gone") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{platform.node()} {os.getpid()}")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -171,12 +200,14 @@ class RunFolder:
 
     def prepare(self, config_yaml: str, config_hash: str, overwrite: bool, require_existing: bool) -> None:
         """Refuse to clobber a finished run or to resume one made from another config."""
-        existing = self.path.exists() and any(self.path.iterdir())
+        contents = [p for p in self.path.iterdir() if p.name != LOCK_NAME] if self.path.exists() else []
+        existing = bool(contents)
         if require_existing and not existing:
             raise RunFolderError(f"--resume: {self.path} holds no run to resume; drop --resume to start one")
         if existing and overwrite:
-            for item in sorted(self.path.rglob("*"), reverse=True):
-                item.unlink() if item.is_file() or item.is_symlink() else item.rmdir()
+            for top in contents:
+                for item in sorted([top, *top.rglob("*")], reverse=True):
+                    item.unlink() if item.is_file() or item.is_symlink() else item.rmdir()
             existing = False
         if existing:
             recorded = self.recorded_hash()

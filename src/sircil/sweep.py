@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, load_config, read_yaml_mapping
-from .runfolder import RunFolder, atomic_write_json
+from .runfolder import RunFolder, RunInProgress, atomic_write_json
 
 
 @dataclass
@@ -170,6 +170,10 @@ def run_sweep(
             statuses.append({"run": run.name, "status": "skipped (finished)"})
             continue
         status = "resumed" if folder.path.exists() and folder.recorded_hash() == cfg.hash() else "ran"
-        metrics = run_experiment(cfg, folder.path, overwrite=overwrite)
+        try:
+            metrics = run_experiment(cfg, folder.path, overwrite=overwrite)
+        except RunInProgress:
+            statuses.append({"run": run.name, "status": "skipped (running in another process)"})
+            continue
         statuses.append({"run": run.name, "status": status, "average_incremental_accuracy": metrics["average_incremental_accuracy"]})
     return statuses

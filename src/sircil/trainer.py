@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
-from .config import Config
+from .config import Config, non_default
 from .data.augment import BatchAugment, Normalizer
 from .data.datasets import load_dataset
 from .data.memory import Memory
@@ -34,7 +34,7 @@ from .data.scenario import Scenario, apply_class_order, resolve_class_order
 from .evaluate import class_means, embed_images, infer, nme_predict
 from .methods import Method, Step, method_class
 from .metrics import step_accuracies, summarize, task_accuracies
-from .runfolder import RunFolder, RunFolderError, atomic_torch_save, atomic_write_json, claim, provenance, setup_logger
+from .runfolder import LOCK_NAME, RunFolder, RunFolderError, atomic_torch_save, atomic_write_json, claim, exclusive, provenance, setup_logger
 from .sir import SIR
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]
@@ -349,15 +349,20 @@ class Trainer:
             return None
         cfg, tc = self.cfg, self.cfg.train
         counts = torch.bincount(self.train_split.labels[indices]).tolist()
-        key = {
+        train = {
+            "epochs": tc.base_epochs or tc.epochs, "lr": tc.base_lr or tc.lr,
+            "milestones": tc.base_milestones if tc.base_milestones is not None else tc.milestones,
+            "batch_size": tc.batch_size, "momentum": tc.momentum, "weight_decay": tc.weight_decay, "scheduler": tc.scheduler,
+            "lr_decay": tc.lr_decay, "channels_last": tc.channels_last, "grad_clip_value": tc.grad_clip_value, "precision": tc.precision,
+        }
+        key = {  # options at their defaults are left out, so that a new option leaves existing keys valid
             "sircil": __version__,
             "seed": cfg.seed,
-            "data": dataclasses.asdict(cfg.data),
-            "model": dataclasses.asdict(cfg.model),
-            "method": dataclasses.asdict(cfg.method),
+            "data": non_default(cfg.data),
+            "model": non_default(cfg.model),
+            "method": {"name": cfg.method.name, **non_default(cfg.method)},
             "base_classes": cfg.scenario.base_classes,
-            "train": [tc.base_epochs or tc.epochs, tc.base_lr or tc.lr, tc.base_milestones if tc.base_milestones is not None else tc.milestones,
-                      tc.batch_size, tc.momentum, tc.weight_decay, tc.scheduler, tc.lr_decay, tc.channels_last],
+            "train": {k: v for k, v in train.items() if (k, v) not in (("grad_clip_value", None), ("precision", "fp32"))},
             "device": self.device.type,
             # SIR is a no-op on a base step whose classes are equally frequent: only then may runs share it
             "sir": dataclasses.asdict(cfg.sir) if cfg.sir.enabled and len(set(counts)) > 1 else None,
@@ -512,6 +517,11 @@ def _fmt(value: float | None) -> str:
 
 def run_experiment(cfg: Config, out: str | Path, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     folder = RunFolder(out)
+    with exclusive(folder.path / LOCK_NAME.removesuffix(".lock")):  # two processes never write one run folder
+        return _run_in(folder, cfg, resume, overwrite)
+
+
+def _run_in(folder: RunFolder, cfg: Config, resume: bool, overwrite: bool) -> dict[str, Any]:
     folder.prepare(cfg.to_yaml(), cfg.hash(), overwrite=overwrite, require_existing=resume)
     log = setup_logger(folder.path / "log.txt")
     trainer = Trainer(cfg, folder, log)
