@@ -104,10 +104,10 @@ def der_runs(fashion_root, tmp_path_factory):
     balanced: list[list[int]] = []
     original = Trainer.fit
 
-    def recording_fit(self, phase, step):
+    def recording_fit(self, phase, step, **options):
         if phase.name == "balanced":
             balanced.append(torch.bincount(self.train_split.labels[phase.indices], minlength=step.num_seen).tolist())
-        return original(self, phase, step)
+        return original(self, phase, step, **options)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Trainer, "fit", recording_fit)

@@ -53,10 +53,10 @@ def test_interrupted_run_resumes_to_the_same_metrics(finetune_run, tmp_path, mon
     raw, _, metrics = finetune_run
     original = Trainer.run_step
 
-    def crash_after_step_two(self, t):
+    def crash_after_step_two(self, t, partial=None):
         if t == 3:
             raise KeyboardInterrupt("simulated kill")
-        original(self, t)
+        original(self, t, partial)
 
     monkeypatch.setattr(Trainer, "run_step", crash_after_step_two)
     with pytest.raises(KeyboardInterrupt):
