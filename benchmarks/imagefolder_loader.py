@@ -33,7 +33,7 @@ def write_jpegs(root: Path, images: int, classes: int = 10, size: tuple[int, int
     w, h = size
     ramp = np.linspace(0, 255, w)[None, :, None] * np.linspace(0.3, 1, h)[:, None, None]
     for i in range(images):
-        split = "val" if i % 10 == 0 else "train"
+        split = "val" if (i // classes) % 10 == 0 else "train"
         folder = root / split / f"n{i % classes:08d}"
         folder.mkdir(parents=True, exist_ok=True)
         pixels = np.clip(ramp * rng.uniform(0.5, 1, 3) + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
