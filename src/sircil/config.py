@@ -333,7 +333,7 @@ def validate(cfg: Config) -> None:
     from .data.memory import SELECTIONS
     from .models import BACKBONES, RESNET18_FIXED
 
-    d = cfg.data
+    d, s, m, t = cfg.data, cfg.scenario, cfg.memory, cfg.train
     _require(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8 or null, got {d.image_size}")
     _require(d.crop in ("pad", "resized"), f"data.crop must be 'pad' or 'resized', got {d.crop!r}")
     _require(
@@ -349,7 +349,6 @@ def validate(cfg: Config) -> None:
         d.crop_size is None or 8 <= d.crop_size <= spec.image_size,
         f"data.crop_size must be between 8 and the image size {spec.image_size}, got {d.crop_size}",
     )
-    d, s, m, t = cfg.data, cfg.scenario, cfg.memory, cfg.train
     _require(d.train_per_class is None or d.train_per_class >= 1, f"data.train_per_class must be >= 1 or null, got {d.train_per_class}")
     _require(d.test_per_class is None or d.test_per_class >= 1, f"data.test_per_class must be >= 1 or null, got {d.test_per_class}")
     _require(d.normalize in Config.NORMALIZATIONS, f"data.normalize must be one of {Config.NORMALIZATIONS}, got {d.normalize!r}")
