@@ -10,11 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sircil.config import config_from_dict
 from sircil.data import datasets
 
 FASHION_ROOT = Path(os.environ.get("SIRCIL_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A Trainer built directly sets the process's thread count; later tests must not inherit it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -76,3 +76,16 @@ def test_evaluation_sees_the_center_crop():
     images = torch.arange(28 * 28, dtype=torch.float).view(1, 1, 28, 28).to(torch.uint8)
     norm = Normalizer.from_config(DataConfig(crop="resized", crop_size=20), spec, images)
     assert torch.equal(norm.eval_view(images), norm(images[..., 4:24, 4:24]))
+
+
+def test_a_shard_gets_exactly_its_samples_of_the_whole_batch_augmentation():
+    """Data-parallel ranks augment only their every world-th sample, yet each sample is
+    augmented as it would be in one process."""
+    spec = dataset_spec("fashion_mnist")
+    images = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8)
+    for data in (DataConfig(brightness=0.3), DataConfig(crop="resized", crop_size=20)):
+        aug = BatchAugment(data, spec, Normalizer.from_config(data, spec, images))
+        whole = aug(images, torch.Generator().manual_seed(5))
+        for rank in range(3):
+            part = aug(images[rank::3], torch.Generator().manual_seed(5), (rank, 3))
+            assert torch.equal(part, whole[rank::3])

@@ -86,6 +86,9 @@ class TrainConfig:
     threads: int | None = None
     checkpoint_every: int = 10  # epochs of a step's main phase between mid-step checkpoints (0: only after each step)
     precision: str = "fp32"  # "bf16": forward passes and losses under bfloat16 autocast (weights, optimizer stay fp32)
+    # torch.compile of the training step: "off", "default", "reduce-overhead" (CUDA graphs), or
+    # "auto": reduce-overhead on CUDA, off elsewhere (compiling gains little on a CPU).
+    compile: str = "auto"
 
 
 @dataclass
@@ -123,6 +126,7 @@ class Config:
     SCHEDULERS: ClassVar[tuple[str, ...]] = ("cosine", "step", "constant")
     NORMALIZATIONS: ClassVar[tuple[str, ...]] = ("mean_std", "pixel_mean")
     DEVICES: ClassVar[tuple[str, ...]] = ("auto", "cpu", "cuda", "mps")
+    COMPILE_MODES: ClassVar[tuple[str, ...]] = ("auto", "off", "default", "reduce-overhead")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,11 +137,12 @@ class Config:
         Only fields that differ from their defaults count (the method's name always does), so
         a later sircil that adds an option, defaulting to the old behaviour, still recognizes
         and resumes earlier runs. Where the base-step cache lives, how many CPU threads run
-        and how often a step checkpoints are left out: none changes a result, and a run may
-        resume with any of them changed."""
+        how often a step checkpoints and whether the step is compiled are left out: none changes
+        the recipe (compiling changes float rounding only), and a run may resume with any of
+        them changed."""
         content = non_default(self)
         content.pop("cache_dir", None)
-        for key in ("threads", "checkpoint_every"):
+        for key in ("threads", "checkpoint_every", "compile"):
             content.get("train", {}).pop(key, None)
         content.setdefault("method", {})["name"] = self.method.name
         text = json.dumps(content, sort_keys=True, separators=(",", ":"))
@@ -236,6 +241,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return config_from_dict(raw)
 
 
+# String options whose values include YAML's boolean words: ``compile: off`` must mean "off".
+BOOLEAN_WORDS = {"train.compile": {False: "off", True: "default"}}
+
+
 def config_from_dict(raw: dict[str, Any]) -> Config:
     from .methods import method_config_class
 
@@ -313,6 +322,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool) and key in BOOLEAN_WORDS:  # YAML 1.1 reads a bare off / on as false / true
+            return BOOLEAN_WORDS[key][value]
         raise ConfigError(f"{key} must be a string, got {value!r}")
     raise ConfigError(f"{key}: unsupported type {tp}")
 
@@ -399,6 +410,7 @@ def validate(cfg: Config) -> None:
     _require(t.grad_clip_value is None or t.grad_clip_value > 0, f"train.grad_clip_value must be > 0 or null, got {t.grad_clip_value}")
     _require(t.threads is None or t.threads >= 1, f"train.threads must be >= 1 or null, got {t.threads}")
     _require(t.precision in ("fp32", "bf16"), f"train.precision must be 'fp32' or 'bf16', got {t.precision!r}")
+    _require(t.compile in Config.COMPILE_MODES, f"train.compile must be one of {Config.COMPILE_MODES}, got {t.compile!r}")
     _require(t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0 (0: only after each step), got {t.checkpoint_every}")
     for key, stones, epochs in (
         ("train.milestones", t.milestones, t.epochs),

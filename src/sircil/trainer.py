@@ -4,7 +4,10 @@ Per step: expand the model, train on new data + memory, update the memory (herdi
 run the method's optional after-step phase, evaluate (CNN and NME), write metrics,
 plot and a checkpoint. Data stays on the training device as uint8 tensors and is
 augmented in batches there; the losses are accumulated on the device and read once
-per epoch, so the inner loop never waits on the host.
+per epoch, so the inner loop never waits on the host. Every batch has the same shape
+(an epoch's last partial batch is dropped), so the step can run compiled or as CUDA
+graphs (``train.compile``) and compiles once per phase. Under ``torchrun`` each
+process trains on its share of every batch (``distributed.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn as nn
 from tqdm import tqdm
 
 from . import __version__
@@ -31,6 +35,7 @@ from .data.augment import BatchAugment, Normalizer
 from .data.datasets import load_dataset
 from .data.memory import Memory
 from .data.scenario import Scenario, apply_class_order, resolve_class_order
+from .distributed import SINGLE, Distributed
 from .evaluate import class_means, embed_images, infer, nme_predict
 from .methods import Method, Step, method_class
 from .metrics import step_accuracies, summarize, task_accuracies
@@ -48,6 +53,28 @@ def derive_seed(seed: int, *tags: Any) -> int:
     """An independent, reproducible seed for each (step, phase, purpose)."""
     digest = hashlib.sha256(repr((seed,) + tags).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def resolve_compile(mode: str, device: torch.device) -> str:
+    """``auto``: CUDA graphs through ``reduce-overhead`` on CUDA, where a small network at the
+    recipes' batch size is bound by kernel launches; eager elsewhere, where compiling gains
+    little (about 8% on a 2-core CPU) for a minute of compilation per phase."""
+    if mode == "auto":
+        return "reduce-overhead" if device.type == "cuda" else "off"
+    return mode
+
+
+class TrainStep(nn.Module):
+    """A phase's loss as a module: the unit that DistributedDataParallel and torch.compile wrap.
+    ``model`` is registered so that DDP sees the parameters the loss trains."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return self.loss_fn(x, y)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,9 +123,11 @@ class Phase:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, folder: RunFolder, log: logging.Logger):
-        self.cfg, self.folder, self.log = cfg, folder, log
-        self.device = resolve_device(cfg.train.device)
+    def __init__(self, cfg: Config, folder: RunFolder, log: logging.Logger, dist: Distributed = SINGLE):
+        self.cfg, self.folder, self.log, self.dist = cfg, folder, log, dist
+        self.device = dist.device(resolve_device(cfg.train.device))
+        self.compile_mode = resolve_compile(cfg.train.compile, self.device)
+        self.compile_fallback = cfg.train.compile == "auto"
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         dataset = load_dataset(cfg.data)
@@ -141,7 +170,8 @@ class Trainer:
         for t in range(first, self.scenario.num_steps):
             self.run_step(t, self.load_partial(t) if t == first else None)
         metrics = self.metrics(finished=True)
-        self.folder.write_metrics(metrics)
+        if self.dist.is_main:
+            self.folder.write_metrics(metrics)
         self.log.info(
             "done: average incremental accuracy %.2f, last %.2f, forgetting %.2f%s",
             metrics["average_incremental_accuracy"], metrics["last_accuracy"], metrics["forgetting"],
@@ -189,19 +219,30 @@ class Trainer:
         )
         phase = self.method.main_phase(phase, step)
         cache = self.base_cache_path(indices) if base else None
-        with claim(cache, self.log) if cache is not None else contextlib.nullcontext():
-            if cache is not None and cache.is_file():
-                self.method.load_state_dict(torch.load(cache, map_location=self.device, weights_only=False))
+        with contextlib.ExitStack() as held:
+
+            def lookup() -> dict[str, Any] | None:  # the claim makes a concurrent run wait for this base step, not retrain it
+                if cache is None:
+                    return None
+                held.enter_context(claim(cache, self.log))
+                return torch.load(cache, map_location="cpu", weights_only=False) if cache.is_file() else None
+
+            cached = self.dist.from_main(lookup)
+            if cached is not None:
+                self.method.load_state_dict(cached)
                 self.base_step_cached = True
                 images_seen, train_seconds = 0, 0.0
                 self.log.info("step 0: trained base model taken from the cache %s", cache)
             else:
                 images_seen, train_seconds = self.fit(phase, step, checkpoints=True, resume=partial)
-                if cache is not None:
+                if cache is not None and self.dist.is_main:
                     atomic_torch_save(cache, self.method.state_dict())
         self.update_memory(step)
         self.method.after_step(step, self)
-        record = self.evaluate(step)
+        record, row, row_nme = self.dist.from_main(lambda: self.evaluate(step))
+        self.matrix.append(row)
+        if row_nme is not None:
+            self.matrix_nme.append(row_nme)
         record.update(
             train_images=int(indices.numel()),
             wall_seconds=round(time.perf_counter() - wall, 3),
@@ -210,12 +251,13 @@ class Trainer:
             peak_memory_mb=round(self.peak_memory_mb(), 1),
         )
         self.records.append(record)
-        metrics = self.metrics(finished=False)
-        self.folder.save_checkpoint(t, self.checkpoint_state(t))
-        self.folder.remove_partial(t)
-        self.folder.write_metrics(metrics)
-        sir = " + SIR" if self.sir is not None else ""
-        self.folder.write_plot(metrics, f"{self.cfg.method.name}{sir} on {self.spec.name}, memory {self.memory_label()}")
+        if self.dist.is_main:
+            metrics = self.metrics(finished=False)
+            self.folder.save_checkpoint(t, self.checkpoint_state(t))
+            self.folder.remove_partial(t)
+            self.folder.write_metrics(metrics)
+            sir = " + SIR" if self.sir is not None else ""
+            self.folder.write_plot(metrics, f"{self.cfg.method.name}{sir} on {self.spec.name}, memory {self.memory_label()}")
         self.log.info(
             "step %d: accuracy %.2f (old %s, new %.2f)%s, %d classes seen",
             t, record["accuracy"], _fmt(record["accuracy_old"]), record["accuracy_new"],
@@ -244,17 +286,17 @@ class Trainer:
         """Run a phase; returns (images trained on, seconds spent). With ``checkpoints``, the
         state is saved every ``train.checkpoint_every`` epochs; ``resume`` continues from one."""
         model = self.method.model
-        optimizer = torch.optim.SGD(phase.param_groups, lr=phase.lr, momentum=phase.momentum, weight_decay=phase.weight_decay)
-        for group in optimizer.param_groups:
-            group.setdefault("lr_scale", 1.0)
+        optimizer = self.optimizer(phase)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         train_mode = phase.train_mode or model.train
         generator = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, phase.name, step.index))
         images, labels = self.train_split.images, self.train_split.labels
         n = int(phase.indices.numel())
-        batch = min(self.cfg.train.batch_size, n)
+        batch = self.global_batch(n, phase, step)
         batches = n // batch  # drop the last partial batch: every step has the same shape
-        interactive = sys.stderr.isatty()
+        shard = (self.dist.rank, self.dist.world)
+        runner = self.step_runner(phase)
+        interactive = sys.stderr.isatty() and self.dist.is_main
         seen, seconds = 0, 0.0
         first_epoch = 0
         if resume is not None:
@@ -278,13 +320,15 @@ class Trainer:
             correct = torch.zeros((), device=self.device, dtype=torch.long)
             bar = tqdm(range(batches), desc=f"step {step.index} {phase.name} {epoch + 1}/{phase.epochs}", leave=False, disable=not interactive)
             for b in bar:
-                idx = phase.indices[perm[b * batch: (b + 1) * batch]]
-                x = self.augment(images[idx], generator)
+                idx = self.dist.shard(phase.indices[perm[b * batch: (b + 1) * batch]])
+                x = self.augment(images[idx], generator, shard)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = labels[idx]
+                if self.compile_mode == "reduce-overhead":
+                    torch.compiler.cudagraph_mark_step_begin()
                 with self.autocast():
-                    terms, logits = phase.loss_fn(x, y)
+                    terms, logits = runner(x, y)
                 loss = torch.stack([v.float() for v in terms.values()]).sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -295,8 +339,10 @@ class Trainer:
                 stacked = torch.stack([v.detach().float() for v in terms.values()])
                 terms_sum = stacked if terms_sum is None else terms_sum + stacked
                 correct = correct + (logits.detach().argmax(1) == y).sum()
-            values = (torch.cat([sums.view(1), terms_sum]) / batches).tolist()
-            accuracy = 100.0 * correct.item() / (batches * batch)
+            # the epoch's only host synchronization (and, across ranks, its only collective)
+            totals = self.dist.sum(torch.cat([sums.view(1), terms_sum, correct.view(1).float()])).tolist()
+            values = [v / (batches * self.dist.world) for v in totals[:-1]]
+            accuracy = 100.0 * totals[-1] / (batches * batch)
             elapsed = time.perf_counter() - start
             seen += batches * batch
             seconds += elapsed
@@ -311,12 +357,62 @@ class Trainer:
                 "step %d %s epoch %d/%d: loss %.4f (%s) acc %.1f lr %.4g %.0f img/s",
                 step.index, phase.name, epoch + 1, phase.epochs, values[0], parts, accuracy, lr, batches * batch / max(elapsed, 1e-9),
             )
-            if every and (epoch + 1) % every == 0 and epoch + 1 < phase.epochs:
+            if every and (epoch + 1) % every == 0 and epoch + 1 < phase.epochs and self.dist.is_main:
                 self.folder.save_partial(step.index, {
                     "step": step.index, "phase": phase.name, "epoch": epoch + 1, "config_hash": self.cfg.hash(),
                     "method_state": self.method.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                 })
+        self.dist.sync_module(model)
         return seen, seconds
+
+    def optimizer(self, phase: Phase) -> torch.optim.Optimizer:
+        # fused SGD on CUDA: one kernel for the whole update instead of one per parameter group
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        optimizer = torch.optim.SGD(phase.param_groups, lr=phase.lr, momentum=phase.momentum, weight_decay=phase.weight_decay, **fused)
+        for group in optimizer.param_groups:
+            group.setdefault("lr_scale", 1.0)
+        return optimizer
+
+    def global_batch(self, n: int, phase: Phase, step: Step) -> int:
+        """The batch size over all ranks: train.batch_size, or all ``n`` samples when fewer,
+        rounded down to a multiple of the number of processes so each gets an equal share."""
+        batch = min(self.cfg.train.batch_size, n)
+        batch -= batch % self.dist.world
+        if batch == 0:
+            raise TrainingError(
+                f"step {step.index} {phase.name}: {n} training samples cannot be split over {self.dist.world} processes; "
+                "use fewer processes or more data"
+            )
+        return batch
+
+    def step_runner(self, phase: Phase) -> Callable[[torch.Tensor, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """The phase's loss, under DDP with several processes, compiled per ``train.compile``.
+
+        Each phase compiles afresh (its loss closes over a new step and classifier width):
+        the caches are reset first, so a ten-step run never reaches dynamo's recompilation
+        limit and silently falls back to eager. With ``compile: auto`` a step that fails to
+        compile on its first batch runs eager instead, with a warning."""
+        eager = self.dist.wrap(TrainStep(self.method.model, phase.loss_fn))
+        if self.compile_mode == "off":
+            return eager
+        torch.compiler.reset()
+        compiled = torch.compile(eager, mode=None if self.compile_mode == "default" else self.compile_mode, dynamic=False)
+        if not self.compile_fallback:
+            return compiled
+        state = {"runner": compiled, "tried": False}
+
+        def run(x: torch.Tensor, y: torch.Tensor):
+            if state["tried"]:
+                return state["runner"](x, y)
+            state["tried"] = True
+            try:
+                return compiled(x, y)
+            except Exception as exc:  # noqa: BLE001  (compiler failures have no common type)
+                self.log.warning("phase %s: torch.compile (%s) failed (%s: %s); training it eager", phase.name, self.compile_mode, type(exc).__name__, exc)
+                state["runner"] = eager
+                return eager(x, y)
+
+        return run
 
     def begin_sir(self, step: Step, indices: torch.Tensor) -> None:
         """Rebuild SIR's counts, ages and (with IT) the old model's class similarity for this step."""
@@ -329,7 +425,7 @@ class Trainer:
             counts[: step.num_seen], [round(v, 3) for v in self.sir.offset.tolist()],
         )
         pairs = self.sir.top_pairs(step.num_old)
-        if pairs:
+        if pairs and self.dist.is_main:
             self.log.info(
                 "SIR IT: most similar old/new pairs in the old model: %s",
                 ", ".join(f"{self.class_names[a]} ~ {self.class_names[b]} ({v:.2f})" for a, b, v in pairs),
@@ -386,9 +482,17 @@ class Trainer:
         labels = self.train_split.labels
         per_class = {k: torch.nonzero(labels == k).flatten() for k in range(step.start, step.end)}
         generator = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, "memory", step.index))
-        self.memory.add_classes(per_class, lambda idx: self.embed(self.train_split.images[idx]), generator)
 
-    def evaluate(self, step: Step) -> dict[str, Any]:
+        def select() -> dict:
+            self.memory.add_classes(per_class, lambda idx: self.embed(self.train_split.images[idx]), generator)
+            return self.memory.state_dict()
+
+        state = self.dist.from_main(select)  # herding once, on rank 0
+        if not self.dist.is_main:
+            self.memory.load_state_dict(state)
+
+    def evaluate(self, step: Step) -> tuple[dict[str, Any], list[float], list[float] | None]:
+        """The step's record and its rows of the accuracy matrices (CNN, and NME or None)."""
         model = self.method.model
         model.eval()
         mask = self.test_split.labels < step.end
@@ -398,7 +502,7 @@ class Trainer:
         bounds = [(self.scenario.start(j), self.scenario.end(j)) for j in range(step.index + 1)]
         pred = out["logits"][:, : step.end].argmax(1)
         cnn = step_accuracies(pred, labels, step.start)
-        self.matrix.append(task_accuracies(pred, labels, bounds))
+        row, row_nme = task_accuracies(pred, labels, bounds), None
         record: dict[str, Any] = {
             "step": step.index,
             "classes_seen": step.end,
@@ -419,11 +523,11 @@ class Trainer:
             means = class_means(feats, self.train_split.labels[mem], step.end)
             pred_nme = nme_predict(out["features"], means)
             nme = step_accuracies(pred_nme, labels, step.start)
-            self.matrix_nme.append(task_accuracies(pred_nme, labels, bounds))
+            row_nme = task_accuracies(pred_nme, labels, bounds)
             record.update(accuracy_nme=nme["all"], accuracy_nme_old=nme["old"], accuracy_nme_new=nme["new"])
         counts = self.memory.counts()
         record.update(memory_size=sum(counts.values()), memory_per_class=self.memory.quota(len(counts)))
-        return record
+        return record, row, row_nme
 
     def peak_memory_mb(self) -> float:
         """This step's peak device memory on CUDA; on CPU the process's peak resident memory so far."""
@@ -480,7 +584,7 @@ class Trainer:
 
     def load_partial(self, t: int) -> dict[str, Any] | None:
         """The mid-step checkpoint of step ``t``, if one was left by an interrupted run of this config."""
-        state = self.folder.load_partial(t, self.log)
+        state = self.dist.from_main(lambda: self.folder.load_partial(t, self.log))
         if state is None:
             return None
         if state.get("config_hash") != self.cfg.hash() or state.get("step") != t:
@@ -489,7 +593,7 @@ class Trainer:
         return state
 
     def _resume(self) -> int:
-        state = self.folder.latest_checkpoint(self.log)
+        state = self.dist.from_main(lambda: self.folder.latest_checkpoint(self.log))
         if state is None:
             return 0
         if state.get("method") != self.cfg.method.name or state.get("config_hash") != self.cfg.hash():
@@ -515,20 +619,36 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def run_experiment(cfg: Config, out: str | Path, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def run_experiment(cfg: Config, out: str | Path, resume: bool = False, overwrite: bool = False, dist: Distributed = SINGLE) -> dict[str, Any]:
+    """Run (or resume) ``cfg`` in the run folder ``out``. Under ``torchrun`` every process calls
+    this with its ``dist``; rank 0 alone locks, prepares and writes the folder."""
     folder = RunFolder(out)
-    with exclusive(folder.path / LOCK_NAME.removesuffix(".lock")):  # two processes never write one run folder
-        return _run_in(folder, cfg, resume, overwrite)
+    threads = torch.get_num_threads()  # train.threads applies to this run only, not to the runs after it in this process
+    with contextlib.ExitStack() as held:
+        held.callback(torch.set_num_threads, threads)
+
+        def prepare() -> None:
+            held.enter_context(exclusive(folder.path / LOCK_NAME.removesuffix(".lock")))  # two processes never write one run folder
+            folder.prepare(cfg.to_yaml(), cfg.hash(), overwrite=overwrite, require_existing=resume)
+
+        dist.from_main(prepare)
+        log = setup_logger(folder.path / "log.txt") if dist.is_main else quiet_logger(dist.rank)
+        try:
+            trainer = Trainer(cfg, folder, log, dist)
+            if dist.is_main:
+                atomic_write_json(folder.path / "provenance.json", {
+                    **provenance(cfg.hash(), trainer.device), "compile": trainer.compile_mode, "processes": dist.world,
+                })
+            return trainer.run()
+        finally:
+            for handler in list(log.handlers):
+                handler.close()
+                log.removeHandler(handler)
 
 
-def _run_in(folder: RunFolder, cfg: Config, resume: bool, overwrite: bool) -> dict[str, Any]:
-    folder.prepare(cfg.to_yaml(), cfg.hash(), overwrite=overwrite, require_existing=resume)
-    log = setup_logger(folder.path / "log.txt")
-    trainer = Trainer(cfg, folder, log)
-    atomic_write_json(folder.path / "provenance.json", provenance(cfg.hash(), trainer.device))
-    try:
-        return trainer.run()
-    finally:
-        for handler in list(log.handlers):
-            handler.close()
-            log.removeHandler(handler)
+def quiet_logger(rank: int) -> logging.Logger:
+    """Ranks other than 0 log nothing: rank 0 speaks for the run."""
+    log = logging.getLogger(f"sircil.rank{rank}")
+    log.propagate = False
+    log.setLevel(logging.CRITICAL + 1)
+    return log

@@ -1,7 +1,10 @@
 """Batched augmentation on the training device: pad + random crop or random resized crop, flip, brightness, normalize.
 
 One call handles a whole uint8 batch with a handful of tensor ops, and every random
-draw comes from the generator passed in, so a seed fixes the augmentation stream.
+draw comes from the generator passed in, so a seed fixes the augmentation stream. With
+data-parallel training each rank augments only its ``shard = (rank, world)`` of the
+global batch (its every world-th sample) yet draws for the whole batch and keeps its
+share, so every sample gets the parameters it would get in a single process.
 """
 
 from __future__ import annotations
@@ -13,6 +16,20 @@ import torch.nn.functional as F
 
 from ..config import DataConfig
 from .datasets import DatasetSpec
+
+Shard = tuple[int, int]  # (rank, world): this process's every world-th sample of the global batch
+WHOLE: Shard = (0, 1)
+
+
+def _uniform(n: int, shard: Shard, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """``n`` U(0, 1) draws: this shard's part of the draws for the whole global batch."""
+    rank, world = shard
+    return torch.rand(n * world, generator=generator, device=device)[rank::world]
+
+
+def _integers(high: int, n: int, shard: Shard, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    rank, world = shard
+    return torch.randint(0, high, (n * world,), generator=generator, device=device)[rank::world]
 
 
 class Normalizer:
@@ -74,7 +91,7 @@ def channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor
     return mean, (squares / count - mean.pow(2)).clamp(min=1e-6).sqrt()
 
 
-def random_crop(x: torch.Tensor, pad: int, fill: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def random_crop(x: torch.Tensor, pad: int, fill: torch.Tensor, generator: torch.Generator, shard: Shard = WHOLE) -> torch.Tensor:
     """Pad by ``pad`` on every side with ``fill`` and take one random crop of the original size per sample."""
     if pad == 0:
         return x
@@ -82,8 +99,8 @@ def random_crop(x: torch.Tensor, pad: int, fill: torch.Tensor, generator: torch.
     padded = fill.expand(n, c, h + 2 * pad, w + 2 * pad).clone()
     padded[:, :, pad: pad + h, pad: pad + w] = x
     dev = x.device
-    top = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
-    left = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
+    top = _integers(2 * pad + 1, n, shard, generator, dev)
+    left = _integers(2 * pad + 1, n, shard, generator, dev)
     rows = (top[:, None] + torch.arange(h, device=dev)[None, :])[:, None, :, None].expand(n, c, h, w)
     cols = (left[:, None] + torch.arange(w, device=dev)[None, :])[:, None, None, :].expand(n, c, h, w)
     flat = padded.flatten(2)
@@ -97,6 +114,7 @@ def random_resized_crop(
     generator: torch.Generator,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    shard: Shard = WHOLE,
 ) -> torch.Tensor:
     """One random crop per sample (area fraction in ``scale``, aspect ratio log-uniform in
     ``ratio``), resized to ``size`` x ``size`` bilinearly, all samples in one grid_sample.
@@ -104,13 +122,13 @@ def random_resized_crop(
     falls back to a center crop)."""
     n = x.shape[0]
     dev = x.device
-    area = scale[0] + (scale[1] - scale[0]) * torch.rand(n, generator=generator, device=dev)
+    area = scale[0] + (scale[1] - scale[0]) * _uniform(n, shard, generator, dev)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(n, generator=generator, device=dev))
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * _uniform(n, shard, generator, dev))
     width = torch.sqrt(area * aspect).clamp(max=1.0)  # fractions of the image's width / height
     height = torch.sqrt(area / aspect).clamp(max=1.0)
-    cx = width / 2 + (1 - width) * torch.rand(n, generator=generator, device=dev)
-    cy = height / 2 + (1 - height) * torch.rand(n, generator=generator, device=dev)
+    cx = width / 2 + (1 - width) * _uniform(n, shard, generator, dev)
+    cy = height / 2 + (1 - height) * _uniform(n, shard, generator, dev)
     theta = torch.zeros(n, 2, 3, device=dev)
     theta[:, 0, 0], theta[:, 0, 2] = width, 2 * cx - 1
     theta[:, 1, 1], theta[:, 1, 2] = height, 2 * cy - 1
@@ -118,8 +136,8 @@ def random_resized_crop(
     return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+def random_flip(x: torch.Tensor, generator: torch.Generator, shard: Shard = WHOLE) -> torch.Tensor:
+    flip = _uniform(x.shape[0], shard, generator, x.device) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
@@ -131,21 +149,21 @@ class BatchAugment:
         self.brightness = cfg.brightness
         self.normalizer = normalizer
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, shard: Shard = WHOLE) -> torch.Tensor:
         x = self.normalizer(images)
         if self.brightness > 0:
-            x = self._brightness(x, generator)
+            x = self._brightness(x, generator, shard)
         if self.crop_size is not None:
-            x = random_resized_crop(x, self.crop_size, generator)
+            x = random_resized_crop(x, self.crop_size, generator, shard=shard)
         else:
-            x = random_crop(x, self.pad, self.normalizer.fill, generator)
+            x = random_crop(x, self.pad, self.normalizer.fill, generator, shard)
         if self.flip:
-            x = random_flip(x, generator)
+            x = random_flip(x, generator, shard)
         return x
 
-    def _brightness(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _brightness(self, x: torch.Tensor, generator: torch.Generator, shard: Shard) -> torch.Tensor:
         """ColorJitter(brightness=s): scale the raw intensity by U(1 - s, 1 + s), clamp to [0, 1]."""
         norm = self.normalizer
         raw = x * norm.scale + norm.shift
-        factor = 1.0 + (torch.rand(x.shape[0], 1, 1, 1, generator=generator, device=x.device) * 2 - 1) * self.brightness
+        factor = 1.0 + (_uniform(x.shape[0], shard, generator, x.device).view(-1, 1, 1, 1) * 2 - 1) * self.brightness
         return ((raw * factor).clamp(0, 1) - norm.shift) / norm.scale

@@ -1,0 +1,47 @@
+"""``sircil bench``: the synthetic data and the three-pipeline throughput report (no timing assertions)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sircil.bench import CLASSES, synthetic_cifar100
+from sircil.cli import main
+from sircil.config import DataConfig
+from sircil.data.datasets import load_dataset
+
+
+def test_synthetic_data_is_cifar100_shaped_balanced_and_cached(tmp_path):
+    path = synthetic_cifar100(tmp_path, 1050)
+    written = path.stat().st_mtime_ns
+    assert synthetic_cifar100(tmp_path, 1050) == path and path.stat().st_mtime_ns == written
+    dataset = load_dataset(DataConfig(dataset="numpy", root=str(path)))
+    assert dataset.spec.num_classes == CLASSES and tuple(dataset.train.images.shape) == (1050, 3, 32, 32)
+    counts = np.bincount(dataset.train.labels.numpy(), minlength=CLASSES)
+    assert counts.max() - counts.min() <= 1
+
+
+def test_bench_reports_three_throughputs_and_consistent_ratios(tmp_path, capsys):
+    out = tmp_path / "throughput.json"
+    argv = [
+        "bench", "--train-images", "128", "--epochs", "2", "--workers", "0",
+        "--set", "train.batch_size=32", "--set", "train.device=cpu", "--data-dir", str(tmp_path), "--out", str(out),
+    ]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    ips = result["images_per_second"]
+    assert set(ips) == {"sircil", "limit", "dataloader"} and all(v > 0 for v in ips.values())
+    assert result["ratios"]["sircil_to_limit"] == pytest.approx(ips["sircil"] / ips["limit"])
+    assert result["ratios"]["sircil_to_dataloader"] == pytest.approx(ips["sircil"] / ips["dataloader"])
+    for name, value in ips.items():
+        assert value == pytest.approx(result["timed_images"][name] / result["timed_seconds"][name])
+    assert result["timed_images"] == {"sircil": 128, "limit": 128, "dataloader": 128}
+    assert result["warmup_epochs"] == 1 and result["batch_size"] == 32 and result["workers"] == 0 and result["device"] == "cpu"
+    assert result["overrides"] == ["train.batch_size=32", "train.device=cpu"]
+    table = capsys.readouterr().out
+    assert all(name in table for name in ips)
+
+
+def test_bench_rejects_a_training_set_without_every_class(tmp_path, capsys):
+    assert main(["bench", "--train-images", "50", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x.json")]) == 2
+    assert "--train-images must be at least 100" in capsys.readouterr().err
