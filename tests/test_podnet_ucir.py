@@ -91,7 +91,13 @@ SIR = {"enabled": True, "fc": 1.0, "ca": 0.9, "it": 0.5}
     [("podnet", None), ("podnet", SIR), ("ucir", None)],
     ids=["podnet", "sir_p", "ucir"],
 )
-def test_end_to_end_beats_chance_every_step(fashion_root, tmp_path, method, sir):
+@pytest.fixture(scope="module")
+def base_cache(tmp_path_factory):
+    """PODNet and SIR_P share their base step (SIR is a no-op on the balanced base step), as in a sweep."""
+    return tmp_path_factory.mktemp("base_cache")
+
+
+def test_end_to_end_beats_chance_every_step(fashion_root, tmp_path, base_cache, method, sir):
     from sircil.trainer import run_experiment
 
     from conftest import fashion_config, make_config
@@ -102,6 +108,7 @@ def test_end_to_end_beats_chance_every_step(fashion_root, tmp_path, method, sir)
     raw = fashion_config(method=options, model=model, data={"order_seed": None}, train={"lr": 0.1, "epochs": 5, "base_epochs": 10})
     if sir:
         raw["sir"] = sir
+    raw["cache_dir"] = str(base_cache)
     metrics = run_experiment(make_config(raw), tmp_path / "run")
     assert_beats_chance(metrics)
     assert_beats_chance(metrics, "accuracy_nme")

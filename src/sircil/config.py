@@ -87,7 +87,7 @@ class TrainConfig:
     checkpoint_every: int = 10  # epochs of a step's main phase between mid-step checkpoints (0: only after each step)
     precision: str = "fp32"  # "bf16": forward passes and losses under bfloat16 autocast (weights, optimizer stay fp32)
     # torch.compile of the training step: "off", "default", "reduce-overhead" (CUDA graphs), or
-    # "auto": reduce-overhead on CUDA, off elsewhere (compiling gains little on a CPU).
+    # "auto": reduce-overhead on one CUDA device, off elsewhere (CPU: compiling gains little; DDP: opt-in).
     compile: str = "auto"
 
 
