@@ -86,17 +86,17 @@ def test_less_forget_and_margin_ranking():
 SIR = {"enabled": True, "fc": 1.0, "ca": 0.9, "it": 0.5}
 
 
-@pytest.mark.parametrize(
-    "method, sir",
-    [("podnet", None), ("podnet", SIR), ("ucir", None)],
-    ids=["podnet", "sir_p", "ucir"],
-)
 @pytest.fixture(scope="module")
 def base_cache(tmp_path_factory):
     """PODNet and SIR_P share their base step (SIR is a no-op on the balanced base step), as in a sweep."""
     return tmp_path_factory.mktemp("base_cache")
 
 
+@pytest.mark.parametrize(
+    "method, sir",
+    [("podnet", None), ("podnet", SIR), ("ucir", None)],
+    ids=["podnet", "sir_p", "ucir"],
+)
 def test_end_to_end_beats_chance_every_step(fashion_root, tmp_path, base_cache, method, sir):
     from sircil.trainer import run_experiment
 
