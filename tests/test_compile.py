@@ -64,3 +64,28 @@ def test_compiled_run_matches_eager(fashion_root, tmp_path):
     assert compiled["average_incremental_accuracy"] == pytest.approx(eager["average_incremental_accuracy"], abs=5.0)
     assert "training it eager" not in (tmp_path / "compiled" / "log.txt").read_text()
     assert json.loads((tmp_path / "compiled" / "provenance.json").read_text())["compile"] == "default"
+
+
+def test_auto_mode_trains_eager_when_the_step_fails_to_compile(fashion_root, tmp_path, monkeypatch):
+    """With ``compile: auto`` (here forced to a compiling mode), a compiler failure on the first
+    batch costs a warning, not the run; an explicitly chosen mode fails loudly instead."""
+    cfg = load_config(ROOT / "configs" / "fashion_mnist" / "finetune_sir_b2_4steps.yaml", SMALL)
+
+    def broken_compile(module, **options):
+        def run(*args):
+            raise RuntimeError("simulated compiler failure")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    for fallback in (True, False):
+        trainer = Trainer(cfg, RunFolder(tmp_path / str(fallback)), quiet_logger(0))
+        trainer.compile_mode, trainer.compile_fallback = "default", fallback
+        warnings = []
+        monkeypatch.setattr(trainer.log, "warning", lambda msg, *args: warnings.append(msg % args))
+        if fallback:
+            trainer.run_step(0)
+            assert len(warnings) == 1 and "simulated compiler failure" in warnings[0] and "training it eager" in warnings[0]
+            assert trainer.records[0]["accuracy"] > 0
+        else:
+            with pytest.raises(RuntimeError, match="simulated compiler failure"):
+                trainer.run_step(0)
