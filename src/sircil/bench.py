@@ -184,22 +184,7 @@ def all_classes_step(trainer: Trainer) -> tuple[Step, torch.Tensor]:
 def make_phase(trainer: Trainer, step: Step, indices: torch.Tensor, name: str, epochs: int) -> Phase:
     """The base step's main phase as ``run_step`` builds it, for ``epochs`` epochs. Fresh
     parameter groups each time: the optimizer built from them keeps state in them."""
-    tc = trainer.cfg.train
-    phase = Phase(
-        name=name,
-        indices=indices,
-        epochs=epochs,
-        lr=tc.base_lr or tc.lr,
-        loss_fn=trainer.main_loss(step),
-        param_groups=trainer.method.param_groups(step),
-        scheduler=tc.scheduler,
-        milestones=tc.base_milestones if tc.base_milestones is not None else tc.milestones,
-        lr_decay=tc.lr_decay,
-        momentum=tc.momentum,
-        weight_decay=tc.weight_decay,
-        grad_clip_value=tc.grad_clip_value,
-    )
-    return dataclasses.replace(trainer.method.main_phase(phase, step), epochs=epochs)
+    return dataclasses.replace(trainer.main_phase(step, indices, name), epochs=epochs)
 
 
 class BatchSource:

@@ -47,8 +47,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     shard_spec = parse_shard(args.shard)
     if args.worker is not None:  # one process of a packed sweep, started by the command below
         return sweep_worker(args.sweep, out, shard_spec, args.set, args.overwrite, args.worker_dir, args.worker, args.worker_threads)
-    if args.per_device < 1:
-        raise ConfigError(f"--per-device must be >= 1, got {args.per_device}")
     devices, default = plan_devices(args.sweep, out, shard_spec, args.set, args.devices)
     print(f"sweep folder: {out}", file=sys.stderr)
     if args.per_device * len(devices) == 1 and devices == default:  # as before packing: in this process

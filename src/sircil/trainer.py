@@ -203,23 +203,8 @@ class Trainer:
         torch.manual_seed(derive_seed(self.cfg.seed, "expand", t))
         self.method.expand(step)
         self.method.begin_step(step, self)
-        tc = self.cfg.train
         base = t == 0
-        phase = Phase(
-            name="train",
-            indices=indices,
-            epochs=(tc.base_epochs or tc.epochs) if base else tc.epochs,
-            lr=(tc.base_lr or tc.lr) if base else tc.lr,
-            loss_fn=self.main_loss(step),
-            param_groups=self.method.param_groups(step),
-            scheduler=tc.scheduler,
-            milestones=(tc.base_milestones if tc.base_milestones is not None else tc.milestones) if base else tc.milestones,
-            lr_decay=tc.lr_decay,
-            momentum=tc.momentum,
-            weight_decay=tc.weight_decay,
-            grad_clip_value=tc.grad_clip_value,
-        )
-        phase = self.method.main_phase(phase, step)
+        phase = self.main_phase(step, indices, "train")
         cache = self.base_cache_path(indices) if base else None
         with contextlib.ExitStack() as held:
 
@@ -271,6 +256,27 @@ class Trainer:
                 t, record["mean_logit_old"], record["mean_logit_new"], record["logit_bias_old_minus_new"],
                 f", {record['logit_bias_old_minus_new_sir_view']:.3f} with SIR's training adjustment" if self.sir else "",
             )
+
+    def main_phase(self, step: Step, indices: torch.Tensor, name: str) -> Phase:
+        """The step's main phase from ``train:`` (the base step's own epochs, lr and milestones
+        on step 0), as the method adjusts it."""
+        tc = self.cfg.train
+        base = step.index == 0
+        phase = Phase(
+            name=name,
+            indices=indices,
+            epochs=(tc.base_epochs or tc.epochs) if base else tc.epochs,
+            lr=(tc.base_lr or tc.lr) if base else tc.lr,
+            loss_fn=self.main_loss(step),
+            param_groups=self.method.param_groups(step),
+            scheduler=tc.scheduler,
+            milestones=(tc.base_milestones if tc.base_milestones is not None else tc.milestones) if base else tc.milestones,
+            lr_decay=tc.lr_decay,
+            momentum=tc.momentum,
+            weight_decay=tc.weight_decay,
+            grad_clip_value=tc.grad_clip_value,
+        )
+        return self.method.main_phase(phase, step)
 
     def main_loss(self, step: Step) -> LossFn:
         method, sir = self.method, self.sir
