@@ -27,9 +27,9 @@ FULL = {"sir.enabled": True, "sir.fc": 1.0, "sir.ca": 0.9, "sir.it": 0.5}
 VARIANTS = {
     "none": {},
     "SIR (FC+CA+IT)": FULL,
-    "FC": {"sir.enabled": True, "sir.fc": 1.0},
-    "FC+CA": {"sir.enabled": True, "sir.fc": 1.0, "sir.ca": FULL["sir.ca"]},
-    "FC+IT": {"sir.enabled": True, "sir.fc": 1.0, "sir.it": FULL["sir.it"]},
+    "FC": {**FULL, "sir.ca": 1.0, "sir.it": 0.0},
+    "FC+CA": {**FULL, "sir.it": 0.0},
+    "FC+IT": {**FULL, "sir.ca": 1.0},
     "SIR + FC on aux": {**FULL, "method.sir_aux": True},
 }
 SLUGS = {"none": "none", "SIR (FC+CA+IT)": "sir", "FC": "fc", "FC+CA": "fc_ca", "FC+IT": "fc_it", "SIR + FC on aux": "sir_aux"}

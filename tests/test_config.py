@@ -49,6 +49,8 @@ def test_overrides_reach_nested_fields(tmp_path):
         ("data.class_order=[0,1]", "data.class_order must be a permutation"),
         ("model.backbone=vgg", "model.backbone must be one of"),
         ("nosection.x=1", "unknown key nosection"),
+        ("sir.cosine_scale=0", "sir.cosine_scale must be > 0"),
+        ("sir.sigmoid=bias", "sir.sigmoid must be 'margin' or 'weight'"),
     ],
 )
 def test_bad_values_fail_before_training_naming_the_key(tmp_path, override, fragment):

@@ -2,15 +2,16 @@
 
 import logging
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
-from sircil.config import ConfigError
+from sircil.config import ConfigError, load_config
 from sircil.data.datasets import dataset_spec
 from sircil.data.memory import balanced_subset
 from sircil.methods import Step, method_class
-from sircil.methods.der import auxiliary_targets
+from sircil.methods.der import DERConfig, auxiliary_targets
 from sircil.models import build_backbone
 from sircil.sir import SIR
 from sircil.trainer import Phase, Trainer, run_experiment
@@ -91,6 +92,27 @@ def test_der_options_are_validated():
         make_config(fashion_config(method={"name": "der", "warmup_epochs": 1, "balanced_epochs": 10, "balanced_milestones": [12]}))
     with pytest.raises(ConfigError, match="model.shortcut"):
         make_config(fashion_config(method={"name": "der", "warmup_epochs": 1}, model={"backbone": "resnet18_cifar"}))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_balanced_retraining_follows_the_official_head():
+    """exps/der_womask/cifar100/{b0,b50}/10steps/configs/1.yaml at HEAD (commit dd4af61), block
+    ``decouple``: epochs 30, lr 0.1, scheduling [15], lr_decay 0.1, temperature 5.0 (50 / 0.05 /
+    [15, 30] before commit 4226958). The ImageNet-100 config has the same values but temperature 1."""
+    official = {"balanced_epochs": 30, "balanced_lr": 0.1, "balanced_milestones": [15], "balanced_temperature": 5.0}
+    assert {k: getattr(DERConfig(), k) for k in official} == official
+    for name in ("der_b50_5steps", "der_b50_10steps_m1", "sir_d_b50_10steps"):
+        cfg = load_config(ROOT / "configs" / "cifar100" / f"{name}.yaml")
+        assert {k: getattr(cfg.method, k) for k in official} == official, name
+    for name in ("der_b50_5steps", "sir_d_b50_10steps_m1"):
+        cfg = load_config(ROOT / "configs" / "imagenet_subset" / f"{name}.yaml")
+        assert {k: getattr(cfg.method, k) for k in official} == {**official, "balanced_temperature": 1.0}, name
+    # Fashion-MNIST lowers the main phase's lr only (to 0.02), not the balanced re-training's
+    for name in ("der_b2_4steps", "sir_d_b2_4steps"):
+        cfg = load_config(ROOT / "configs" / "fashion_mnist" / f"{name}.yaml")
+        assert {k: getattr(cfg.method, k) for k in official} == official, name
 
 
 def der_config(**sections):

@@ -33,11 +33,49 @@ def test_pod_flat_is_one_minus_cosine():
     assert pod_flat_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])) == pytest.approx(1.0)
 
 
-def test_nca_excludes_the_positive_and_applies_the_margin_to_the_target_only():
+def test_nca_is_the_official_loss_when_the_target_leads():
+    # official nca: s = logits - margin on the target, shifted by the row max; the target's
+    # denominator term is exp(0): here s = [1.5, 1, 0], max 1.5
     logits = torch.tensor([[2.0, 1.0, 0.0]])
-    y = torch.tensor([0])
-    expected = math.log(math.exp(1.0) + math.exp(0.0)) - (2.0 - 0.5)
-    assert nca_loss(logits, y, 0.5).item() == pytest.approx(expected, rel=1e-6)
+    expected = math.log(1 + math.exp(1.0 - 1.5) + math.exp(0.0 - 1.5)) - 0.0
+    assert nca_loss(logits, torch.tensor([0]), 0.5).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_nca_when_the_target_trails_is_bounded_below_by_zero():
+    # target 2 has s = -0.5 after the margin, max 1.0 (class 1)
+    logits = torch.tensor([[0.5, 1.0, 0.0]])
+    expected = math.log(1 + math.exp(0.5 - 1.0) + math.exp(1.0 - 1.0)) - (-0.5 - 1.0)
+    assert nca_loss(logits, torch.tensor([2]), 0.5).item() == pytest.approx(expected, rel=1e-6)
+    # the form that drops the target from the denominator goes below 0; the official one never does
+    confident = torch.tensor([[9.0, -9.0, -9.0]])
+    assert 0 <= nca_loss(confident, torch.tensor([0]), 0.0).item() < 1e-6
+
+
+def test_nca_gradient_flows_through_the_row_maximum_as_in_the_official_code():
+    logits = torch.tensor([[0.5, 1.0, 0.0]], requires_grad=True)
+    nca_loss(logits, torch.tensor([2]), 0.0).backward()
+    # d/ds of log(1 + e^(s0-s1) + e^(0)) + s1 - s2 with max s1 (s_y replaced by 0 in the denominator)
+    d = 1 + math.exp(-0.5) + 1
+    expected = [math.exp(-0.5) / d, 1 - math.exp(-0.5) / d, -1.0]
+    assert logits.grad[0].tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_pod_spatial_uses_the_official_four_maps():
+    from sircil.models.resnet import CifarResNet
+
+    net = CifarResNet(32, in_channels=1, block_relu=False, last_relu=False).eval()
+    x = torch.randn(2, 1, 32, 32)
+    features, maps = net(x, return_maps=True)
+    assert [tuple(m.shape[1:]) for m in maps] == [(16, 32, 32), (32, 16, 16), (64, 8, 8), (64, 8, 8)]
+    with torch.no_grad():
+        h = F.relu(net.bn1(net.conv1(x)))
+        h = net.stages[1](net.stages[0](h))
+        before_last = net.stages[2][:-1](h)
+        assert torch.equal(maps[2], before_last)
+        assert torch.equal(maps[3], net.stages[2][-1](before_last))
+    assert torch.allclose(features, maps[3].mean((2, 3)))
+    assert torch.equal(features, net(x))
+    assert not any("map_stages" in k for k in net.state_dict())
 
 
 def test_lsc_with_proxies_merges_by_softmax():
@@ -114,3 +152,33 @@ def test_end_to_end_beats_chance_every_step(fashion_root, tmp_path, base_cache, 
     assert_beats_chance(metrics, "accuracy_nme")
     if sir:
         assert (tmp_path / "run" / "sir_similarity.pt").is_file()
+
+
+def test_podnet_classifier_finetuning_trains_the_proxies_only_as_the_official_tuning_classifier():
+    from types import SimpleNamespace
+
+    from conftest import fashion_config, make_config
+    from sircil.data.datasets import DatasetSpec
+    from sircil.methods import Step, method_class
+
+    spec = DatasetSpec("tiny", 10, 1, 28, None, None, False, (), "")
+    phases = []
+    trainer = SimpleNamespace(
+        device=torch.device("cpu"), memory=SimpleNamespace(indices=lambda: torch.arange(8)), fit=lambda phase, step: phases.append(phase),
+    )
+    methods = []
+    for frozen in (False, True):
+        cfg = make_config(fashion_config(method={"name": "podnet", "finetune_frozen_bn": frozen}, train={"grad_clip_value": 5.0}))
+        methods.append(method_class("podnet")(cfg, spec))
+        methods[-1].expand(Step(0, 0, 2))
+        methods[-1].expand(Step(1, 2, 4))
+        methods[-1].after_step(Step(1, 2, 4), trainer)
+    official, frozen_bn = phases
+    method = methods[0]
+    trained = {id(p) for g in official.param_groups for p in g["params"]}
+    assert trained == {id(p) for p in method.model.head.weights}  # the proxies of every step, old ones included
+    assert id(method.model.scale) not in trained and official.grad_clip_value == 5.0
+    assert official.train_mode is None and callable(frozen_bn.train_mode)  # official: the whole network in train mode
+    losses, _ = official.loss_fn(torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3]))
+    losses["nca"].backward()
+    assert method.model.scale.grad is None

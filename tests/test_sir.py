@@ -103,9 +103,9 @@ def runs(fashion_root, tmp_path_factory):
     configs = {
         "plain": mini(),
         "sir_off": mini(sir={"enabled": False, "fc": 0.3, "it": 0.7}),
-        "fc": mini(sir={"enabled": True, "fc": 1.0}),
+        "fc": mini(sir={"enabled": True, "fc": 1.0, "ca": 1.0, "it": 0.0}),
         "warm_cache": dict(mini(memory={"per_class": 5}), cache_dir=cache),
-        "fc_cached": dict(mini(sir={"enabled": True, "fc": 1.0}), cache_dir=cache),
+        "fc_cached": dict(mini(sir={"enabled": True, "fc": 1.0, "ca": 1.0, "it": 0.0}), cache_dir=cache),
     }
     return {name: (run_experiment(make_config(raw), root / name), root / name) for name, raw in configs.items()}
 
@@ -135,7 +135,7 @@ def test_base_step_cache_is_shared_and_exact(runs):
 
 def test_inference_uses_raw_logits(runs):
     metrics, folder = runs["fc"]
-    cfg = make_config(mini(sir={"enabled": True, "fc": 1.0}))
+    cfg = make_config(mini(sir={"enabled": True, "fc": 1.0, "ca": 1.0, "it": 0.0}))
     state = torch.load(folder / "checkpoints" / "step_003.pt", weights_only=False)
     ds = load_dataset(cfg.data)
     ds = apply_class_order(ds, resolve_class_order(cfg.data, 10))
@@ -158,3 +158,11 @@ def test_full_sir_with_it_writes_similarity_and_pairs(fashion_root, tmp_path):
     assert len(saved[3]["class_names"]) == 10
     assert "most similar old/new pairs" in (tmp_path / "it" / "log.txt").read_text()
     assert all("logit_bias_old_minus_new" in r for r in metrics["per_step"][1:])
+
+
+def test_enabled_alone_is_the_whole_method():
+    from sircil.config import config_from_dict
+
+    sir = config_from_dict({"sir": {"enabled": True}}).sir
+    assert sir.fc > 0 and sir.ca < 1 and sir.it > 0  # FC, CA and IT all on
+    assert sir.cosine_scale is not None and sir.sigmoid == "margin"  # the head rules the screen chose

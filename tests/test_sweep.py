@@ -1,6 +1,7 @@
 """Sweeps (grid, shards, skip/resume, shared base steps) and reports (means, stds, figure)."""
 
 import json
+import math
 import statistics
 
 import pytest
@@ -135,6 +136,7 @@ def test_report_gives_means_and_standard_deviations_over_seeds(tmp_path):
 def test_method_labels_follow_the_paper():
     assert method_label({"method": {"name": "podnet"}, "sir": {"enabled": True, "fc": 1, "ca": 0.9, "it": 0.5}}) == "SIR_P"
     assert method_label({"method": {"name": "der"}, "sir": {"enabled": False}}) == "DER"
+    assert method_label({"method": {"name": "podnet"}, "sir": {"enabled": True}}) == "SIR_P"  # enabled alone: the whole method
     assert method_label({"method": {"name": "ucir"}, "sir": {"enabled": True, "fc": 1, "ca": 1.0, "it": 0.5}}) == "UCIR+SIR[FC+IT]"
 
 
@@ -174,3 +176,18 @@ def test_method_families_pair_each_method_with_its_sir_version():
     from sircil.report import family
 
     assert [family(m) for m in ("SIR_P", "SIR_D", "UCIR+SIR", "Finetune+SIR[FC]", "iCaRL")] == ["PODNet", "DER", "UCIR", "Finetune", "iCaRL"]
+
+
+def test_report_gives_the_paired_sir_difference_with_its_interval(tmp_path):
+    base = {1: 50.0, 2: 55.0, 3: 47.0}
+    with_sir = {1: 53.0, 2: 56.0, 3: 52.0, 4: 60.0}  # seed 4 has no partner and is left out of the pairs
+    for seed, acc in base.items():
+        synthetic_run(tmp_path / f"pod_{seed}", "podnet", False, 1, seed, acc, acc)
+    for seed, acc in with_sir.items():
+        synthetic_run(tmp_path / f"sirp_{seed}", "podnet", True, 1, seed, acc, acc)
+    write_report(tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    diffs = [3.0, 1.0, 5.0]  # mean 3, sample std 2, t(2) = 4.303: half-width 4.303 * 2 / sqrt(3) = 4.97
+    half = 4.303 * statistics.stdev(diffs) / math.sqrt(3)
+    assert f"| SIR_P - PODNet | +3.0 [{3 - half:+.1f}, {3 + half:+.1f}] |" in report
+    assert "| SIR_P - PODNet | +3.0 [-2.0, +8.0] |" in report

@@ -96,9 +96,18 @@ class SIRConfig:
     """SIR plug-in (sir.py): each part has its own switch, so ablations are a --set away."""
 
     enabled: bool = False
+    # ``enabled: true`` alone is the whole method (FC + CA + IT at the values of the paper configs);
+    # ablations switch parts off.
     fc: float = 1.0  # tau; 0 switches frequency compensation off
-    ca: float = 1.0  # gamma; 1 switches chronological attenuation off
-    it: float = 0.0  # lambda, in the method's logit units before any scale; 0 switches IT off
+    ca: float = 0.9  # gamma; 1 switches chronological attenuation off
+    it: float = 0.5  # lambda, in the method's logit units before any scale; 0 switches IT off
+    # Scaled-cosine heads (UCIR, PODNet): null gives FC's offsets in logit units, added after the
+    # learned scale; a number s_ref gives them in similarity units, tau * w_k * b_k / s_ref, moving
+    # with the learned scale like IT's margins (docs/sir.md: which one and why).
+    cosine_scale: float | None = None
+    # Sigmoid heads (iCaRL): "margin" adds FC's offsets to the logits; "weight" turns them into
+    # per-sample weights of the BCE, exp(-tau * w_y * b_y), normalized to mean 1 over the batch.
+    sigmoid: str = "margin"
 
 
 @dataclass
@@ -434,4 +443,6 @@ def validate(cfg: Config) -> None:
     _require(cfg.sir.fc >= 0, f"sir.fc (tau) must be >= 0, got {cfg.sir.fc}")
     _require(0 < cfg.sir.ca <= 1, f"sir.ca (gamma) must be in (0, 1], got {cfg.sir.ca}")
     _require(cfg.sir.it >= 0, f"sir.it (lambda) must be >= 0, got {cfg.sir.it}")
+    _require(cfg.sir.cosine_scale is None or cfg.sir.cosine_scale > 0, f"sir.cosine_scale must be > 0 or null, got {cfg.sir.cosine_scale}")
+    _require(cfg.sir.sigmoid in ("margin", "weight"), f"sir.sigmoid must be 'margin' or 'weight', got {cfg.sir.sigmoid!r}")
     cfg.method.validate(cfg)

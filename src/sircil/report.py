@@ -8,6 +8,7 @@ SIR, ``<name>+SIR`` otherwise (``+SIR[FC+IT]`` when only some parts are on).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import statistics
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from .config import SIRConfig
 from .paper import PAPER_AVERAGE_INCREMENTAL_ACCURACY
 from .runfolder import atomic_write_bytes, atomic_write_text
 
@@ -35,7 +37,8 @@ def method_label(config: dict[str, Any]) -> str:
     sir = config.get("sir") or {}
     if not sir.get("enabled"):
         return NAMES.get(name, name)
-    parts = [p for p, on in (("FC", sir.get("fc", 0) > 0), ("CA", sir.get("ca", 1) < 1), ("IT", sir.get("it", 0) > 0)) if on]
+    sir = {**dataclasses.asdict(SIRConfig()), **sir}  # a part left out of the file is at its default
+    parts = [p for p, on in (("FC", sir["fc"] > 0), ("CA", sir["ca"] < 1), ("IT", sir["it"] > 0)) if on]
     if len(parts) == 3:
         return WITH_SIR.get(name, f"{NAMES.get(name, name)}+SIR")
     return f"{NAMES.get(name, name)}+SIR[{'+'.join(parts) or 'none'}]"
@@ -88,6 +91,36 @@ def collect(folder: Path) -> tuple[dict[tuple[str, int], dict[str, dict[int, Poi
     return panels, cost
 
 
+# Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom; 1.96 beyond 30.
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def t975(df: int) -> float:
+    if df in T975:
+        return T975[df]
+    return 2.086 if df <= 20 else 2.042 if df <= 30 else 1.96
+
+
+def paired_difference(treated: Point, control: Point) -> tuple[float, float, int] | None:
+    """Mean of treated - control over the seeds both have, with the half-width of its 95% t-interval
+    (seeds share base steps and memory, so the pairing removes most of the seed-to-seed noise)."""
+    common = sorted(set(treated.seeds) & set(control.seeds))
+    if not common:
+        return None
+    by_seed_t, by_seed_c = dict(zip(treated.seeds, treated.accuracy)), dict(zip(control.seeds, control.accuracy))
+    diffs = [by_seed_t[s] - by_seed_c[s] for s in common]
+    mean, std = mean_std(diffs)
+    half = t975(len(diffs) - 1) * std / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return mean, half, len(diffs)
+
+
+def _difference_cell(d: tuple[float, float, int] | None) -> str:
+    if d is None:
+        return "-"
+    mean, half, n = d
+    return f"{mean:+.1f} (n=1)" if n == 1 else f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
+
+
 def family(label: str) -> str:
     """The base method of a label: SIR_P -> PODNet, SIR_D -> DER, UCIR+SIR -> UCIR."""
     base = {v: NAMES[k] for k, v in WITH_SIR.items()}.get(label, label)
@@ -132,6 +165,19 @@ def markdown(panels, cost, paper: bool) -> str:
                 lines.append(f"| {method} | {seeds} | " + " | ".join(row) + " |")
                 if attr == "accuracy" and method in reference:
                     lines.append(f"| {method} (paper) | | " + " | ".join(f"{reference[method][m]:.1f}" if m in reference[method] else "-" for m in memories) + " |")
+        pairs = [(m, b) for m in _sorted_methods(list(methods)) for b in [family(m)] if b != m and b in methods and "[" not in m]
+        if pairs:
+            lines += [
+                "", f"## {dataset}, {steps} steps: SIR minus its base method, average incremental accuracy, paired by seed",
+                "", "Mean difference over the seeds both have, [95% t-interval]; an interval that contains 0 is no evidence of an effect.",
+                "", "| method | " + " | ".join(f"m={m}" for m in memories) + " |", "|---|" + "---|" * len(memories),
+            ]
+            for treated, base in pairs:
+                cells = [
+                    _difference_cell(paired_difference(methods[treated][m], methods[base][m]))
+                    if m in methods[treated] and m in methods[base] else "-" for m in memories
+                ]
+                lines.append(f"| {treated} - {base} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

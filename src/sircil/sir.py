@@ -89,13 +89,30 @@ class SIR:
             self.similarity = wasserstein_similarity(mean, std, cross)
             self.it_margin = cfg.it * self.similarity * cross
 
-    def adjust(self, logits: torch.Tensor, y: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+    def adjust(self, logits: torch.Tensor, y: torch.Tensor, scale: torch.Tensor | float = 1.0, head: str = "linear") -> torch.Tensor:
         """Training logits z~. ``scale`` converts IT's margins into the logits' units when the
-        method scales cosine similarities (lambda is given before the scale)."""
-        z = logits + self.offset.to(logits.dtype)
+        method scales cosine similarities (lambda is given before the scale). ``head`` is the
+        method's kind of classifier: on a ``cosine`` head with ``cosine_scale`` set, FC's offsets
+        are in similarity units too; on a ``sigmoid`` head with ``sigmoid: weight`` they become
+        sample weights (:meth:`sample_weights`) instead of offsets."""
+        z = logits
+        if head == "cosine" and self.cfg.cosine_scale is not None:
+            z = z + self.offset.to(logits.dtype) * (scale / self.cfg.cosine_scale)
+        elif not (head == "sigmoid" and self.cfg.sigmoid == "weight"):
+            z = z + self.offset.to(logits.dtype)
         if self.it_margin is not None:
             z = z + self.it_margin[y].to(logits.dtype) * scale
         return z
+
+    def sample_weights(self, y: torch.Tensor) -> torch.Tensor | None:
+        """Sigmoid heads with ``sigmoid: weight``: FC (with CA) as a re-weighting, exp(-tau w_y b_y) =
+        (n_max / n_y)^(tau w_y), normalized to mean 1 over the batch so the step size is unchanged.
+        Independent sigmoids have no softmax prior to correct; an offset there is an absolute shift
+        the network undoes on every input (docs/sir.md)."""
+        if self.cfg.sigmoid != "weight":
+            return None
+        w = torch.exp(-self.offset[y])
+        return w / w.mean()
 
     def top_pairs(self, num_old: int, k: int = 5) -> list[tuple[int, int, float]]:
         """The k most similar (old, new) class pairs: the likeliest confusions IT separates."""

@@ -285,7 +285,10 @@ class Trainer:
             out = method.forward(x, step)
             if sir is not None:
                 scale = out[method.sir_scale] if method.sir_scale else 1.0
-                out[method.sir_logits] = sir.adjust(out[method.sir_logits], y, scale)
+                out[method.sir_logits] = sir.adjust(out[method.sir_logits], y, scale, method.sir_head)
+                weights = sir.sample_weights(y) if method.sir_head == "sigmoid" else None
+                if weights is not None:
+                    out["sample_weight"] = weights
             return method.losses(out, y, step), out[method.sir_logits]
 
         return loss_fn
@@ -523,7 +526,7 @@ class Trainer:
             old, new = self.mean_logits(logits, step.start)
             record.update(mean_logit_old=old, mean_logit_new=new, logit_bias_old_minus_new=old - new)
             if self.sir is not None:
-                old, new = self.mean_logits(self.sir.adjust(logits, labels), step.start)
+                old, new = self.mean_logits(self.sir.adjust(logits, labels, head=self.method.sir_head), step.start)
                 record["logit_bias_old_minus_new_sir_view"] = old - new
         if self.method.has_nme:
             mem = self.memory.indices().to(self.device)

@@ -76,6 +76,9 @@ class Method:
     # Output entry holding the scale applied to cosine similarities, when the logits are
     # scaled cosines: SIR's IT margins are given before the scale (None: plain logits).
     sir_scale: ClassVar[str | None] = None
+    # The kind of classifier SIR meets: "linear" (softmax over plain logits), "cosine" (softmax over
+    # scaled similarities, ``sir_scale`` set) or "sigmoid" (independent sigmoids).
+    sir_head: ClassVar[str] = "linear"
 
     def __init__(self, cfg: Config, spec: DatasetSpec):
         self.cfg = cfg

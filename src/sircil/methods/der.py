@@ -9,7 +9,9 @@ regenerated at every step, and an auxiliary classifier on the new extractor's fe
 warmup epochs after which both classifiers are re-initialized, then x0.1 at 100 and 120
 (counted after the warmup); base step 200 epochs, x0.1 at 60/120/160. After each
 increment the classifier alone is re-trained from scratch on a class-balanced random
-undersample of the step's training set (new data + memory), logits divided by 5.
+undersample of the step's training set (new data + memory), logits divided by 5, 30 epochs,
+lr 0.1, x0.1 at 15 (``inclearn/models/incmodel.py`` ``_after_task`` ->
+``inclearn/convnet/utils.py`` ``finetune_last_layer``).
 
 The paper's channel masks and sparsity loss (pruning) are not in the official code and
 not here: parameters grow by one extractor per step, and every run reports the count.
@@ -45,9 +47,11 @@ class DERConfig(MethodConfig):
     # The official code warms up every step it trains itself; a B50 base step is its separate
     # "pretrain" phase without warmup (false), a B0 first task warms up like the others (true).
     warmup_base: bool = False
-    balanced_epochs: int = 50
-    balanced_lr: float = 0.05
-    balanced_milestones: list[int] = field(default_factory=lambda: [15, 30])
+    # The official HEAD's "decouple" block (exps/der_womask/cifar100/{b0,b50}/10steps/configs/1.yaml,
+    # since commit 4226958; before it 50 epochs, lr 0.05, x0.1 at 15 and 30).
+    balanced_epochs: int = 30
+    balanced_lr: float = 0.1
+    balanced_milestones: list[int] = field(default_factory=lambda: [15])
     balanced_temperature: float = 5.0
     # SIR's frequency compensation on the auxiliary loss too (its "old" class holds every exemplar)
     sir_aux: bool = False

@@ -21,18 +21,28 @@ class ICaRLConfig(MethodConfig):
     name: str = "icarl"
 
 
-def icarl_bce_loss(logits: torch.Tensor, y: torch.Tensor, old_logits: torch.Tensor | None, total_classes: int) -> torch.Tensor:
-    """Alg. 3 (UpdateRepresentation): BCE over classes; new classes one-hot, old ones the old net's sigmoid.
+def icarl_targets(y: torch.Tensor, old_logits: torch.Tensor | None, num_classes: int) -> torch.Tensor:
+    """Alg. 3 (UpdateRepresentation): one-hot labels, the old classes' columns replaced by the old net's sigmoid."""
+    targets = F.one_hot(y, num_classes).float()
+    if old_logits is None:
+        return targets
+    return torch.cat([torch.sigmoid(old_logits.float()), targets[:, old_logits.shape[1]:]], dim=1)
+
+
+def icarl_bce_loss(
+    logits: torch.Tensor, y: torch.Tensor, old_logits: torch.Tensor | None, total_classes: int, sample_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Alg. 3: sum over classes of BCE(sigmoid(g_k(x)), target_k).
 
     Normalized by the dataset's class count because the original output layer holds all
     classes from the start and averages over all of them; lr 2.0 is tuned for that scale.
+    ``sample_weight`` (mean 1) re-weights samples (SIR on a sigmoid head).
     """
-    targets = F.one_hot(y, logits.shape[1]).to(logits.dtype)
-    if old_logits is not None:
-        n_old = old_logits.shape[1]
-        targets = torch.cat([torch.sigmoid(old_logits), targets[:, n_old:]], dim=1)
-    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
-    return bce / (logits.shape[0] * total_classes)
+    targets = icarl_targets(y, old_logits, logits.shape[1]).to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(1)
+    if sample_weight is not None:
+        bce = bce * sample_weight
+    return bce.sum() / (logits.shape[0] * total_classes)
 
 
 @register_method
@@ -40,13 +50,16 @@ class ICaRL(Method):
     name = "icarl"
     Config = ICaRLConfig
     has_nme = True
+    sir_head = "sigmoid"
 
     def forward(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
         out = self.model(x)
         if self.old_model is not None:
             with torch.no_grad():
-                out["old_logits"] = self.old_model(x)["logits"]
+                # the old model was copied after expand: its rows for the new classes are
+                # untrained, and their targets must stay the one-hot labels
+                out["old_logits"] = self.old_model(x)["logits"][:, : step.num_old]
         return out
 
     def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
-        return {"bce": icarl_bce_loss(out["logits"], y, out.get("old_logits"), self.spec.num_classes)}
+        return {"bce": icarl_bce_loss(out["logits"], y, out.get("old_logits"), self.spec.num_classes, out.get("sample_weight"))}

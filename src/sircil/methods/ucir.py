@@ -4,12 +4,19 @@ Recipe of the official code (hshustc/CVPR19_Incremental_Learning) on CIFAR-100: 
 without the final ReLU and with 1x1-conv shortcuts, 160 epochs, lr 0.1 / 10 at 80 and 120,
 weight decay 5e-4; the cosine head's old-class weights frozen in increments, new ones
 imprinted; herding with 20 exemplars per class; CNN and NME evaluation.
+
+Optional (``method.cbf_epochs > 0``; off by default, as the official code runs it only on
+ImageNet-Full): the class-balanced finetuning of its ``cbf_class_incremental_cosine_imagenet.py``
+(``--cb_finetune``, default ``--ft_flag 2``): after each increment and the memory update,
+every class weight, old and new, is finetuned on the exemplar memory (m per class) with the
+backbone and its BatchNorm statistics fixed and the scale sigma left out of the optimizer;
+the official values are 20 epochs, lr 0.01, x0.1 at 10, the main phase's weight decay.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config, ConfigError, MethodConfig
+from ..data.memory import balanced_subset
 from ..models.cosine import CosineClassifier, ScaledCosineNet, old_classes_frozen
 from . import register_method
 from .base import Method, Step
@@ -32,10 +40,22 @@ class UCIRConfig(MethodConfig):
     margin: float = 0.5  # margin ranking
     hard_negatives: int = 2  # K
     ranking_weight: float = 1.0
+    # Class-balanced finetuning after each increment; 0 = off. Official (with --cb_finetune):
+    # --ft_epochs 20, --ft_base_lr 0.01, --ft_lr_strat [10].
+    cbf_epochs: int = 0
+    cbf_lr: float = 0.01
+    cbf_milestones: list[int] = field(default_factory=lambda: [10])
 
     def validate(self, cfg: Config) -> None:
         if self.lambda_base < 0 or self.margin < 0 or self.ranking_weight < 0 or self.hard_negatives < 1:
             raise ConfigError("method.lambda_base, method.margin, method.ranking_weight must be >= 0 and method.hard_negatives >= 1")
+        if self.cbf_epochs < 0 or self.cbf_lr <= 0:
+            raise ConfigError(f"method.cbf_epochs must be >= 0 and method.cbf_lr > 0, got {self.cbf_epochs} and {self.cbf_lr}")
+        stones = self.cbf_milestones
+        if self.cbf_epochs > 0 and (list(stones) != sorted(set(stones)) or any(not 0 < e < self.cbf_epochs for e in stones)):
+            raise ConfigError(
+                f"method.cbf_milestones must increase strictly between 0 and method.cbf_epochs={self.cbf_epochs}, got {stones}"
+            )
 
 
 def less_forget_loss(features: torch.Tensor, old_features: torch.Tensor) -> torch.Tensor:
@@ -60,6 +80,7 @@ class UCIR(Method):
     Config = UCIRConfig
     has_nme = True
     sir_scale = "scale"
+    sir_head = "cosine"
 
     def build_model(self) -> nn.Module:
         backbone = self.build_backbone()
@@ -89,3 +110,45 @@ class UCIR(Method):
             terms["less_forget"] = weight * less_forget_loss(out["features"], out["old_features"])
             terms["margin_ranking"] = o.ranking_weight * margin_ranking_loss(out["similarities"], y, step.num_old, o.hard_negatives, o.margin)
         return terms
+
+    def after_step(self, step: Step, trainer: "Trainer") -> None:
+        """Class-balanced finetuning (the official ``cbf_`` variant): the class weights alone, old and
+        new, on the exemplar memory, which the official code holds at m per class (``balanced_subset``
+        keeps it exact should a class have fewer images than m)."""
+        o = self.options
+        if step.index == 0 or o.cbf_epochs == 0:
+            return
+        from ..trainer import Phase, derive_seed
+
+        model = self.model
+        generator = torch.Generator(device=trainer.device).manual_seed(derive_seed(self.cfg.seed, "cbf", step.index))
+        indices = balanced_subset(trainer.memory.indices().to(trainer.device), trainer.train_split.labels, generator)
+
+        def loss_fn(x: torch.Tensor, y: torch.Tensor):
+            # The official loss is the main one. Its less-forget term compares features of a backbone
+            # that does not move (lr 0), so it is constant and left out; no SIR either: its offsets
+            # describe the imbalanced step, not this balanced set.
+            with torch.no_grad():
+                features = model.backbone(x)
+            similarities = model.head(features)
+            logits = model.scale.detach() * similarities  # sigma is in none of the official parameter groups
+            margin = margin_ranking_loss(similarities, y, step.num_old, o.hard_negatives, o.margin)
+            return {"ce": F.cross_entropy(logits, y), "margin_ranking": o.ranking_weight * margin}, logits
+
+        trainer.fit(
+            Phase(
+                name="cbf",
+                indices=indices,
+                epochs=o.cbf_epochs,
+                lr=o.cbf_lr,
+                loss_fn=loss_fn,
+                param_groups=[{"params": list(model.head.weights)}],
+                scheduler="step",
+                milestones=list(o.cbf_milestones),
+                lr_decay=self.cfg.train.lr_decay,
+                momentum=self.cfg.train.momentum,
+                weight_decay=self.cfg.train.weight_decay,
+                train_mode=model.eval,  # the official fix_bn: BatchNorm statistics fixed
+            ),
+            step,
+        )

@@ -4,7 +4,7 @@ ResNet-32 has n = 5. Variants used by the anchors are switches, not copies:
 ``last_relu=False`` drops the ReLU after the final block (iCaRL, UCIR), ``block_relu=False``
 after every other residual addition too (PODNet), ``shortcut`` picks zero-padding (option A)
 or 1x1 conv + BN (option B) downsampling shortcuts, ``zero_init_residual`` starts each
-block's last BatchNorm at gamma 0 (PODNet).
+block's last BatchNorm at gamma 0 (PODNet). ``return_maps`` gives PODNet's four attention maps.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def run_stages(x: torch.Tensor, stages: nn.ModuleList, return_maps: bool):
+def run_stages(x: torch.Tensor, stages, return_maps: bool):
     """Stage by stage; pooled features, and each stage's output map when asked (POD-spatial)."""
     maps = []
     for stage in stages:
@@ -84,6 +84,10 @@ class CifarResNet(nn.Module):
                 in_ch = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
+        # PODNet's CIFAR ResNet keeps the last block apart (its ``stage_4``) and distils four maps:
+        # stages 1 and 2, stage 3 without its last block, that last block. A plain tuple, so the
+        # parameters keep their names under ``stages``.
+        self.map_stages = (stages[0], stages[1], stages[2][:-1], stages[2][-1])
         self.out_dim = widths[-1]
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -97,7 +101,7 @@ class CifarResNet(nn.Module):
                     nn.init.zeros_(module.bn2.weight)
 
     def forward(self, x: torch.Tensor, return_maps: bool = False):
-        return run_stages(F.relu(self.bn1(self.conv1(x))), self.stages, return_maps)
+        return run_stages(F.relu(self.bn1(self.conv1(x))), self.map_stages if return_maps else self.stages, return_maps)
 
 
 class _BlockWithoutReLU(nn.Module):
