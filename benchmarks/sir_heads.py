@@ -34,19 +34,20 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIGS = ROOT / "configs" / "fashion_mnist"
 SIR = ["sir.enabled=true"]
+LOGIT_UNITS = SIR + ["sir.cosine_scale=null"]
 VARIANTS = {
     "ucir": {
         "none": [],
-        "SIR, FC in logit units": SIR,
+        "SIR, FC in logit units": LOGIT_UNITS,
         "SIR, FC in cosine units (s_ref 16)": SIR + ["sir.cosine_scale=16"],
     },
     "podnet": {
         "none": [],
-        "SIR, FC in logit units": SIR,
+        "SIR, FC in logit units": LOGIT_UNITS,
         "SIR, FC in cosine units (s_ref 16)": SIR + ["sir.cosine_scale=16"],
         # does the balanced classifier finetuning undo what SIR did to the bias?
         "none, no classifier finetuning": ["method.finetune_epochs=0"],
-        "SIR, FC in logit units, no classifier finetuning": SIR + ["method.finetune_epochs=0"],
+        "SIR, FC in logit units, no classifier finetuning": LOGIT_UNITS + ["method.finetune_epochs=0"],
     },
     "icarl": {
         "none": [],
@@ -88,7 +89,7 @@ def markdown(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    for key, r in results.items():
+    for key, r in sorted(results.items(), key=lambda item: item[0].split(" | ")[0]):  # stable: variants in run order
         method, variant, seed = key.split(" | ")
         lines.append(
             f"| {method} | {variant} | {seed} | {fmt(r['accuracy'])} | {fmt(r['accuracy_old'])} | {fmt(r['accuracy_new'])} | "

@@ -20,7 +20,6 @@ code is). None of them calls sircil's own loss. Official sources, as fetched:
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import numpy as np
@@ -429,12 +428,9 @@ def numpy_w2_similarity(features: np.ndarray, labels: np.ndarray, num_old: int, 
     return np.exp(-d / np.median(cross))
 
 
-HEAD_AWARE = "head" in inspect.signature(SIR.adjust).parameters  # the trainer passes ``method.sir_head``
-
-
 def adjust(sir: SIR, logits: torch.Tensor, y: torch.Tensor, scale=1.0, head: str = "linear") -> torch.Tensor:
     """As the trainer calls it: ``sir.adjust(logits, y, scale, method.sir_head)``."""
-    return sir.adjust(logits, y, scale, head) if HEAD_AWARE else sir.adjust(logits, y, scale)
+    return sir.adjust(logits, y, scale, head)
 
 
 def sir_at_step_2(**options) -> SIR:
@@ -483,33 +479,34 @@ def test_sir_adjusts_plain_linear_logits():
     """SIR_METHOD.md Secs. 1-3, docs/sir.md: z~_k = z_k + tau w_k log(n_k / n_max), plus
     lambda S(y, j) on the classes j across the old/new boundary from y (finetune, DER)."""
     assert Finetune.sir_scale is None
-    out = adjust(sir_at_step_2(), SIR_Z, SIR_Y, 1.0, getattr(Finetune, "sir_head", "linear"))
+    out = adjust(sir_at_step_2(), SIR_Z, SIR_Y, 1.0, Finetune.sir_head)
     assert torch.allclose(out, expected_sir(SIR_Z, 1.0, 1.0), atol=1e-6)
 
 
 def test_sir_adjusts_scaled_cosine_logits():
     """Scaled-cosine heads (UCIR, PODNet: logits = scale * cos): IT's lambda is in cosine units, so
-    its margins are multiplied by the scale; FC's offsets are added in logit units (default)."""
+    its margins are multiplied by the scale; FC's offsets are in similarity units by default,
+    tau w b / s_ref times the scale (``sir.cosine_scale`` = s_ref, 16), or in logit units (null)."""
     assert UCIR.sir_scale == "scale" and PODNet.sir_scale == "scale"
-    head = getattr(PODNet, "sir_head", "linear")
+    assert UCIR.sir_head == PODNet.sir_head == "cosine" and SIRConfig().cosine_scale == 16.0
     scale, cos = 8.0, SIR_Z / 4
-    out = adjust(sir_at_step_2(), scale * cos, SIR_Y, torch.tensor(scale), head)
+    out = adjust(sir_at_step_2(), scale * cos, SIR_Y, torch.tensor(scale), "cosine")
+    assert torch.allclose(out, expected_sir(scale * cos, 0.5, scale), atol=1e-5)  # 8 / 16
+    out = adjust(sir_at_step_2(cosine_scale=4.0), scale * cos, SIR_Y, torch.tensor(scale), "cosine")
+    assert torch.allclose(out, expected_sir(scale * cos, 2.0, scale), atol=1e-5)  # 8 / 4
+    out = adjust(sir_at_step_2(cosine_scale=None), scale * cos, SIR_Y, torch.tensor(scale), "cosine")
     assert torch.allclose(out, expected_sir(scale * cos, 1.0, scale), atol=1e-5)
-    if HEAD_AWARE and hasattr(SIRConfig(), "cosine_scale"):
-        # ``sir.cosine_scale = s_ref``: FC's offsets in similarity units, times scale / s_ref (8 / 4 = 2)
-        out = adjust(sir_at_step_2(cosine_scale=4.0), scale * cos, SIR_Y, torch.tensor(scale), head)
-        assert torch.allclose(out, expected_sir(scale * cos, 2.0, scale), atol=1e-5)
 
 
 def test_sir_on_the_sigmoid_head():
     """iCaRL's sigmoid BCE: by default FC's offsets are added to the logits as on a linear head;
     with ``sir.sigmoid = weight`` they become per-sample weights exp(-tau w_y b_y), mean 1."""
     assert ICaRL.sir_scale is None
-    head = getattr(ICaRL, "sir_head", "linear")
+    head = ICaRL.sir_head
+    assert head == "sigmoid"
     assert torch.allclose(adjust(sir_at_step_2(), SIR_Z, SIR_Y, 1.0, head), expected_sir(SIR_Z, 1.0, 1.0), atol=1e-6)
-    if HEAD_AWARE and hasattr(SIRConfig(), "sigmoid"):
-        sir = sir_at_step_2(sigmoid="weight")
-        assert torch.allclose(adjust(sir, SIR_Z, SIR_Y, 1.0, head), expected_sir(SIR_Z, 0.0, 1.0), atol=1e-6)
-        # exp(-0.5 ln 0.05) = sqrt(20) = 4.47213595, exp(-ln 0.01) = 100, 1, 1; mean 26.61803399
-        raw = torch.tensor([4.47213595499958, 100.0, 1.0, 1.0])
-        assert torch.allclose(sir.sample_weights(SIR_Y), raw / raw.mean(), atol=1e-6)
+    sir = sir_at_step_2(sigmoid="weight")
+    assert torch.allclose(adjust(sir, SIR_Z, SIR_Y, 1.0, head), expected_sir(SIR_Z, 0.0, 1.0), atol=1e-6)
+    # exp(-0.5 ln 0.05) = sqrt(20) = 4.47213595, exp(-ln 0.01) = 100, 1, 1; mean 26.61803399
+    raw = torch.tensor([4.47213595499958, 100.0, 1.0, 1.0])
+    assert torch.allclose(sir.sample_weights(SIR_Y), raw / raw.mean(), atol=1e-6)

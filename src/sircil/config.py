@@ -104,7 +104,7 @@ class SIRConfig:
     # Scaled-cosine heads (UCIR, PODNet): null gives FC's offsets in logit units, added after the
     # learned scale; a number s_ref gives them in similarity units, tau * w_k * b_k / s_ref, moving
     # with the learned scale like IT's margins (docs/sir.md: which one and why).
-    cosine_scale: float | None = None
+    cosine_scale: float | None = 16.0
     # Sigmoid heads (iCaRL): "margin" adds FC's offsets to the logits; "weight" turns them into
     # per-sample weights of the BCE, exp(-tau * w_y * b_y), normalized to mean 1 over the batch.
     sigmoid: str = "margin"
