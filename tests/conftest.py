@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,17 @@ def fashion_config(**sections) -> dict:
 
 def make_config(raw: dict):
     return config_from_dict(raw)
+
+
+EPOCH_LOSS = re.compile(r"step (\d+) (\S+) epoch \d+/\d+: loss (\S+) ")
+
+
+def epoch_losses(log: str) -> dict[tuple[int, str], list[float]]:
+    """Each (step, phase)'s mean training loss per epoch, from a run's log."""
+    losses: dict[tuple[int, str], list[float]] = {}
+    for step, phase, loss in EPOCH_LOSS.findall(log):
+        losses.setdefault((int(step), phase), []).append(float(loss))
+    return losses
 
 
 VOLATILE = {"wall_seconds", "train_images_per_second", "peak_memory_mb"}
