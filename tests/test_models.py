@@ -8,7 +8,9 @@ def test_resnet32_shape_and_size():
     # He et al. report 0.46M; 463,504 + a 10-way fc (650) = the 464,154 of the usual CIFAR-10 count
     assert sum(p.numel() for p in net.parameters()) == 463_504
     feats, maps = net(torch.randn(2, 3, 32, 32), return_maps=True)
-    assert feats.shape == (2, 64) and [m.shape[1:] for m in maps] == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+    # PODNet's four maps: stages 1 and 2, stage 3 without its last block, the last block
+    assert feats.shape == (2, 64)
+    assert [tuple(m.shape[1:]) for m in maps] == [(16, 32, 32), (32, 16, 16), (64, 8, 8), (64, 8, 8)]
     assert build_backbone("resnet32", 1)(torch.randn(2, 1, 28, 28)).shape == (2, 64)
 
 
