@@ -68,9 +68,9 @@ def first_increment(config: Path, overrides: list[str], cache_dir: Path) -> dict
     start = time.perf_counter()
     trainer.run_step(0)
     trainer.run_step(1)
-    record = {k: v for k, v in trainer.records[1].items() if k in (
+    record = {k: v for k, v in trainer.progress.records[1].items() if k in (
         "accuracy", "accuracy_old", "accuracy_new", "accuracy_nme", "logit_bias_old_minus_new", "logit_bias_old_minus_new_sir_view")}
-    record["base_accuracy"] = trainer.records[0]["accuracy"]
+    record["base_accuracy"] = trainer.progress.records[0]["accuracy"]
     scale = getattr(trainer.method.model, "scale", None)
     if scale is not None:
         record["scale"] = float(scale)

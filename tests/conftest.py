@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
 import pickle
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,8 @@ import torch
 
 from sircil.config import config_from_dict
 from sircil.data import datasets
+from sircil.training.context import StepContext
+from sircil.training.phase import Step
 
 FASHION_ROOT = Path(os.environ.get("SIRCIL_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
@@ -57,6 +61,22 @@ def fashion_config(**sections) -> dict:
 
 def make_config(raw: dict):
     return config_from_dict(raw)
+
+
+def step_context(step: Step, labels: torch.Tensor, **fields) -> StepContext:
+    """A step context for a method or plug-in used alone: the step's training set is every label
+    given; ``fields`` replace the defaults (e.g. ``fit=phases.append``, ``memory_indices=...``)."""
+
+    def unexpected(*args):
+        raise AssertionError("this test did not expect the method to call this")
+
+    defaults = dict(
+        step=step, seed=0, device=torch.device("cpu"), indices=torch.arange(len(labels)), labels=labels,
+        class_steps=torch.zeros(step.num_seen, dtype=torch.long), class_names=[f"class{k}" for k in range(step.num_seen)],
+        log=logging.getLogger("test"), is_main=False, folder=Path(tempfile.gettempdir()),
+        memory_indices=unexpected, embed_indices=unexpected, fit=unexpected,
+    )
+    return StepContext(**{**defaults, **fields})
 
 
 EPOCH_LOSS = re.compile(r"step (\d+) (\S+) epoch \d+/\d+: loss (\S+) ")

@@ -1,7 +1,8 @@
 """Refactors change no result: tiny fixed-seed runs of every method, with and without SIR, give
 the metrics and per-epoch losses recorded in ``tests/golden/pinned_runs.json``.
 
-The record was made before the step-context / plug-in refactor (issue 16) and must only be
+The five first methods' records were made before the step-context / plug-in refactor (issue 16),
+which left them unchanged; WA and logit adjustment were added after it. A record must only be
 re-recorded for a deliberate change of behaviour (``SIRCIL_RECORD_PINNED=1 pytest
 tests/test_behaviour_pinned.py``), saying why in the commit. Each run uses one thread, so on
 the recording machine and torch version the comparison is exact; elsewhere float rounding of
@@ -31,21 +32,24 @@ METHODS = {
     "ucir": {"cbf_epochs": 1, "cbf_milestones": []},
     "podnet": {"finetune_epochs": 1},
     "der": {"warmup_epochs": 1, "balanced_epochs": 1, "balanced_milestones": []},
+    "wa": {},
 }
-CASES = [(name, sir) for name in METHODS for sir in (False, True)]
+# (method, plug-in): every method without and with SIR, and logit adjustment on one
+CASES = [(name, plugin) for name in METHODS for plugin in ("", "sir")] + [("finetune", "logit_adjustment")]
 
 
-def pinned_config(name: str, sir: bool) -> dict:
+def pinned_config(name: str, plugin: str = "") -> dict:
     method = {"name": name, **METHODS[name]}
-    if name == "der" and sir:
+    if name == "der" and plugin == "sir":
         method["sir_aux"] = True
+    plugins = {plugin: {"enabled": True}} if plugin else {}
     return fashion_config(
         method=method,
         data={"train_per_class": 40, "test_per_class": 20},
         scenario={"base_classes": 6, "steps": 2},
         memory={"per_class": 3},
         train={"epochs": 2, "batch_size": 16, "threads": 1, "checkpoint_every": 0},
-        sir={"enabled": sir},
+        **plugins,
     )
 
 
@@ -74,10 +78,14 @@ def close(a, b, exact: bool, key: str) -> bool:
     return abs(a - b) <= 1e-3 * max(1.0, abs(b))
 
 
-@pytest.mark.parametrize("name,sir", CASES, ids=[f"{n}{'+sir' if s else ''}" for n, s in CASES])
-def test_pinned_run_is_unchanged(fashion_root, tmp_path, name, sir):
-    got = summary_of_run(name, sir, tmp_path)
-    key = f"{name}{'+sir' if sir else ''}"
+def case_key(name: str, plugin: str) -> str:
+    return name + {"": "", "sir": "+sir", "logit_adjustment": "+la"}[plugin]
+
+
+@pytest.mark.parametrize("name,plugin", CASES, ids=[case_key(*c) for c in CASES])
+def test_pinned_run_is_unchanged(fashion_root, tmp_path, name, plugin):
+    got = summary_of_run(name, plugin, tmp_path)
+    key = case_key(name, plugin)
     if os.environ.get("SIRCIL_RECORD_PINNED"):
         record = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {"runs": {}}
         record["fingerprint"] = fingerprint()
@@ -93,7 +101,7 @@ def test_pinned_run_is_unchanged(fashion_root, tmp_path, name, sir):
     )
 
 
-def summary_of_run(name: str, sir: bool, tmp_path: Path) -> dict:
-    cfg = make_config(pinned_config(name, sir))
+def summary_of_run(name: str, plugin: str, tmp_path: Path) -> dict:
+    cfg = make_config(pinned_config(name, plugin))
     run_experiment(cfg, tmp_path / "run")
     return summary(tmp_path / "run")

@@ -12,7 +12,9 @@ import torch._dynamo
 from sircil.config import load_config
 from sircil.models import CifarResNet
 from sircil.runfolder import RunFolder
-from sircil.trainer import Phase, Trainer, TrainStep, quiet_logger, resolve_compile
+from sircil.trainer import Trainer, quiet_logger
+from sircil.training.loop import TrainStep, resolve_compile
+from sircil.training.phase import Phase
 
 from conftest import FASHION_ROOT
 
@@ -36,17 +38,17 @@ RECIPES = {
 def test_every_phase_of_every_method_is_one_graph(fashion_root, recipe, tmp_path, monkeypatch):
     cfg = load_config(ROOT / "configs" / "fashion_mnist" / f"{recipe}_b2_4steps.yaml", SMALL + RECIPES[recipe])
     trainer = Trainer(cfg, RunFolder(tmp_path), quiet_logger(0))
-    fit = trainer.fit
+    fit = trainer.fitter.fit
     explained = []
 
     def explain_then_fit(phase, step, **kwargs):
         idx = phase.indices[: cfg.train.batch_size]
-        x = trainer.augment(trainer.train_split.images[idx], torch.Generator().manual_seed(0))
+        x = trainer.fitter.augment(trainer.train_split.images[idx], torch.Generator().manual_seed(0))
         report = torch._dynamo.explain(TrainStep(trainer.method.model, phase.loss_fn))(x, trainer.train_split.labels[idx])
         explained.append((step.index, phase.name, report.graph_count, report.graph_break_count, report.break_reasons))
         return fit(phase, step, **kwargs)
 
-    monkeypatch.setattr(trainer, "fit", explain_then_fit)
+    monkeypatch.setattr(trainer.fitter, "fit", explain_then_fit)
     trainer.run()
     assert {s for s, *_ in explained} == {0, 1}
     for step, phase, graphs, breaks, reasons in explained:
@@ -68,18 +70,18 @@ def main_phase_of_step_1(trainer: Trainer, monkeypatch) -> Phase:
         captured.append(phase)
         raise _Stop
 
-    monkeypatch.setattr(trainer, "fit", capture)
+    monkeypatch.setattr(trainer.fitter, "fit", capture)
     with pytest.raises(_Stop):
         trainer.run_step(1)
     return captured[0]
 
 
 def step_losses_and_grads(trainer: Trainer, phase: Phase, batches, state) -> list[tuple[dict, torch.Tensor, dict]]:
-    """What one training step computes, as ``Trainer.fit`` runs it (the phase's runner from
-    ``Trainer.step_runner``, its terms summed, one backward), on each batch from the same
+    """What one training step computes, as ``Fitter.fit`` runs it (the phase's runner from
+    ``Fitter.step_runner``, its terms summed, one backward), on each batch from the same
     parameters and BatchNorm statistics: (loss terms, logits, gradient of each trained parameter)."""
     model = trainer.method.model
-    runner = trainer.step_runner(phase)
+    runner = trainer.fitter.step_runner(phase)
     named = {id(p): name for name, p in model.named_parameters()}
     params = {named[id(p)]: p for group in phase.param_groups for p in group["params"]}
     out = []
@@ -174,12 +176,12 @@ def test_compiled_step_matches_eager(fashion_root, recipe, tmp_path, monkeypatch
     batches = []
     for b in range(2):
         idx = phase.indices[torch.randperm(phase.indices.numel(), generator=generator)[: cfg.train.batch_size]]
-        x = trainer.augment(trainer.train_split.images[idx], generator)
+        x = trainer.fitter.augment(trainer.train_split.images[idx], generator)
         batches.append((torch.randn(x.shape, generator=generator), trainer.train_split.labels[idx]))
     eager = step_losses_and_grads(trainer, phase, batches, state)
     assert extractor & eager[0][2].keys() and eager[0][2].keys() - extractor  # extractor and classifier gradients both compared
 
-    trainer.compile_mode, trainer.compile_fallback = "default", False  # a compiler failure fails here, never trains eager
+    trainer.fitter.compile_mode, trainer.fitter.compile_fallback = "default", False  # a compiler failure fails here, never trains eager
     torch._dynamo.utils.counters.clear()
     compiled = step_losses_and_grads(trainer, phase, batches, state)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1 and not torch._dynamo.utils.counters["graph_break"]
@@ -210,13 +212,13 @@ def test_auto_mode_trains_eager_when_the_step_fails_to_compile(fashion_root, tmp
     monkeypatch.setattr(torch, "compile", broken_compile)
     for fallback in (True, False):
         trainer = Trainer(cfg, RunFolder(tmp_path / str(fallback)), quiet_logger(0))
-        trainer.compile_mode, trainer.compile_fallback = "default", fallback
+        trainer.fitter.compile_mode, trainer.fitter.compile_fallback = "default", fallback
         warnings = []
         monkeypatch.setattr(trainer.log, "warning", lambda msg, *args: warnings.append(msg % args))
         if fallback:
             trainer.run_step(0)
             assert len(warnings) == 1 and "simulated compiler failure" in warnings[0] and "training it eager" in warnings[0]
-            assert len(trainer.records) == 1 and 0 <= trainer.records[0]["accuracy"] <= 100  # trained eager, then evaluated
+            assert len(trainer.progress.records) == 1 and 0 <= trainer.progress.records[0]["accuracy"] <= 100  # trained eager, then evaluated
             assert trainer.folder.checkpoint_path(0).is_file()
         else:
             with pytest.raises(RuntimeError, match="simulated compiler failure"):

@@ -1,7 +1,5 @@
 """DER and SIR_D: expansion, frozen extractors, auxiliary labels, balanced re-training, whole runs."""
 
-import logging
-import types
 from pathlib import Path
 
 import pytest
@@ -13,15 +11,16 @@ from sircil.data.memory import balanced_subset
 from sircil.methods import Step, method_class
 from sircil.methods.der import DERConfig, auxiliary_targets
 from sircil.models import build_backbone
-from sircil.sir import SIR
-from sircil.trainer import Phase, Trainer, run_experiment
+from sircil.trainer import run_experiment
+from sircil.training.loop import Fitter
+from sircil.training.phase import Phase
 
-from conftest import fashion_config, make_config
+from conftest import fashion_config, make_config, step_context
 from test_end_to_end import assert_beats_chance
 
 
-def der_method(**method):
-    cfg = make_config(fashion_config(method={"name": "der", "warmup_epochs": 1, **method}, model={"backbone": "resnet20"}))
+def der_method(sir: bool = False, **method):
+    cfg = make_config(fashion_config(method={"name": "der", "warmup_epochs": 1, **method}, model={"backbone": "resnet20"}, sir={"enabled": sir}))
     return method_class("der")(cfg, dataset_spec("fashion_mnist"))
 
 
@@ -77,12 +76,13 @@ def test_warmup_then_schedule_counted_after_it():
 
 
 def test_sir_on_the_auxiliary_loss_counts_all_exemplars_as_one_class():
-    der = der_method(sir_aux=True)
-    sir = SIR(make_config(fashion_config(sir={"enabled": True})).sir)
     labels = torch.tensor([0] * 5 + [1] * 5 + [2] * 40 + [3] * 20)
-    sir.begin_step(1, 2, 4, labels, torch.tensor([0, 0, 1, 1]), None)
-    der.begin_step(Step(1, 2, 4), types.SimpleNamespace(sir=sir, log=logging.getLogger("test")))
+    der = der_method(sir_aux=True, sir=True)
+    der.begin_step(step_context(Step(1, 2, 4), labels))
     torch.testing.assert_close(der.aux_offset, torch.log(torch.tensor([10.0, 40.0, 20.0]) / 40.0))
+    without_sir = der_method(sir_aux=True)
+    without_sir.begin_step(step_context(Step(1, 2, 4), labels))
+    assert without_sir.aux_offset is None
 
 
 def test_der_options_are_validated():
@@ -124,15 +124,15 @@ def der_config(**sections):
 def der_runs(fashion_root, tmp_path_factory):
     """DER and SIR_D on the same slice; records the class counts of every balanced phase."""
     balanced: list[list[int]] = []
-    original = Trainer.fit
+    original = Fitter.fit
 
     def recording_fit(self, phase, step, **options):
         if phase.name == "balanced":
-            balanced.append(torch.bincount(self.train_split.labels[phase.indices], minlength=step.num_seen).tolist())
+            balanced.append(torch.bincount(self.split.labels[phase.indices], minlength=step.num_seen).tolist())
         return original(self, phase, step, **options)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Trainer, "fit", recording_fit)
+        mp.setattr(Fitter, "fit", recording_fit)
         der = run_experiment(make_config(der_config()), tmp_path_factory.mktemp("der"))
         der_balanced = list(balanced)
         sir_d = run_experiment(make_config(der_config(sir={"enabled": True, "fc": 1.0, "ca": 0.9, "it": 0.5})), tmp_path_factory.mktemp("sir_d"))

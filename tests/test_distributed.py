@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 
 from sircil.distributed import Distributed
 from sircil.runfolder import RunFolder
-from sircil.trainer import Phase, Trainer, quiet_logger
+from sircil.trainer import Trainer, quiet_logger
+from sircil.training.phase import Phase
 
 from conftest import epoch_losses, fashion_config, make_config
 
@@ -38,7 +39,6 @@ def train_classifier_phase(trainer: Trainer) -> tuple[dict[str, torch.Tensor], d
     step = trainer.step_info(0)
     torch.manual_seed(0)
     trainer.method.expand(step)
-    trainer.method.begin_step(step, trainer)
     indices = torch.nonzero(trainer.train_split.labels < step.end).flatten()[:128]
     model = trainer.method.model
     with torch.no_grad():  # BatchNorm statistics of real data, else the untrained network's activations explode in eval mode
@@ -49,7 +49,7 @@ def train_classifier_phase(trainer: Trainer) -> tuple[dict[str, torch.Tensor], d
         name="classifier", indices=indices, epochs=1, lr=0.01, loss_fn=trainer.main_loss(step),
         param_groups=trainer.method.param_groups(step), train_mode=model.eval,
     )
-    trainer.fit(phase, step)
+    trainer.fitter.fit(phase, step)
     return before, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

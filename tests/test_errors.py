@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from sircil.runfolder import RunFolder, RunFolderError
-from sircil.trainer import TrainingError, run_experiment
+from sircil.trainer import run_experiment
+from sircil.training.loop import TrainingError
 
 from conftest import fashion_config, make_config
 

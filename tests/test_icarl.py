@@ -7,7 +7,7 @@ from sircil.data.datasets import DatasetSpec
 from sircil.methods import Step, method_class
 from sircil.methods.icarl import icarl_bce_loss
 
-from conftest import fashion_config, make_config
+from conftest import fashion_config, make_config, step_context
 
 SPEC = DatasetSpec("tiny", 10, 1, 28, None, None, False, (), "")
 
@@ -17,9 +17,9 @@ def test_new_classes_keep_their_one_hot_targets_after_expand_and_begin_step():
     method = method_class("icarl")(make_config(fashion_config(method={"name": "icarl"})), SPEC)
     base, first = Step(0, 0, 2), Step(1, 2, 4)
     method.expand(base)
-    method.begin_step(base, None)
+    method.begin_step(step_context(base, torch.zeros(0, dtype=torch.long)))
     method.expand(first)
-    method.begin_step(first, None)
+    method.begin_step(step_context(first, torch.zeros(0, dtype=torch.long)))
     method.model.eval()
     x = torch.randn(6, 1, 28, 28)
     y = torch.tensor([2, 3, 2, 3, 0, 1])

@@ -158,24 +158,20 @@ def test_end_to_end_beats_chance_every_step(fashion_root, tmp_path, base_cache, 
 
 
 def test_podnet_classifier_finetuning_trains_the_proxies_only_as_the_official_tuning_classifier():
-    from types import SimpleNamespace
-
-    from conftest import fashion_config, make_config
+    from conftest import fashion_config, make_config, step_context
     from sircil.data.datasets import DatasetSpec
     from sircil.methods import Step, method_class
 
     spec = DatasetSpec("tiny", 10, 1, 28, None, None, False, (), "")
     phases = []
-    trainer = SimpleNamespace(
-        device=torch.device("cpu"), memory=SimpleNamespace(indices=lambda: torch.arange(8)), fit=lambda phase, step: phases.append(phase),
-    )
+    ctx = step_context(Step(1, 2, 4), torch.arange(8) % 4, memory_indices=lambda: torch.arange(8), fit=phases.append)
     methods = []
     for frozen in (False, True):
         cfg = make_config(fashion_config(method={"name": "podnet", "finetune_frozen_bn": frozen}, train={"grad_clip_value": 5.0}))
         methods.append(method_class("podnet")(cfg, spec))
         methods[-1].expand(Step(0, 0, 2))
         methods[-1].expand(Step(1, 2, 4))
-        methods[-1].after_step(Step(1, 2, 4), trainer)
+        methods[-1].after_step(ctx)
     official, frozen_bn = phases
     method = methods[0]
     trained = {id(p) for g in official.param_groups for p in g["params"]}

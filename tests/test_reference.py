@@ -35,7 +35,8 @@ from sircil.methods.icarl import ICaRL, icarl_bce_loss, icarl_targets
 from sircil.methods.podnet import PODNet, PODNetConfig, nca_loss, pod_flat_loss, pod_spatial_loss
 from sircil.methods.ucir import UCIR, UCIRConfig, less_forget_loss, margin_ranking_loss
 from sircil.models.resnet import CifarResNet
-from sircil.sir import SIR
+from sircil.plugins.sir import SIR, SIRPlugin
+from sircil.training.context import HeadSpec
 
 
 def stub(cls, options=None):
@@ -429,8 +430,10 @@ def numpy_w2_similarity(features: np.ndarray, labels: np.ndarray, num_old: int, 
 
 
 def adjust(sir: SIR, logits: torch.Tensor, y: torch.Tensor, scale=1.0, head: str = "linear") -> torch.Tensor:
-    """As the trainer calls it: ``sir.adjust(logits, y, scale, method.sir_head)``."""
-    return sir.adjust(logits, y, scale, head)
+    """Through the plug-in, as training runs it on a head of kind ``head``."""
+    plugin = SIRPlugin(sir.cfg)
+    plugin.sir, plugin.head = sir, HeadSpec(scale="scale" if head == "cosine" else None, kind=head)
+    return plugin.adjust({"logits": logits, "scale": scale}, y)["logits"]
 
 
 def sir_at_step_2(**options) -> SIR:
@@ -478,8 +481,8 @@ def test_sir_similarity_is_the_w2_similarity_of_the_spec():
 def test_sir_adjusts_plain_linear_logits():
     """SIR_METHOD.md Secs. 1-3, docs/sir.md: z~_k = z_k + tau w_k log(n_k / n_max), plus
     lambda S(y, j) on the classes j across the old/new boundary from y (finetune, DER)."""
-    assert Finetune.sir_scale is None
-    out = adjust(sir_at_step_2(), SIR_Z, SIR_Y, 1.0, Finetune.sir_head)
+    assert Finetune.head == HeadSpec(logits="logits", scale=None, kind="linear")
+    out = adjust(sir_at_step_2(), SIR_Z, SIR_Y, 1.0, Finetune.head.kind)
     assert torch.allclose(out, expected_sir(SIR_Z, 1.0, 1.0), atol=1e-6)
 
 
@@ -487,8 +490,7 @@ def test_sir_adjusts_scaled_cosine_logits():
     """Scaled-cosine heads (UCIR, PODNet: logits = scale * cos): IT's lambda is in cosine units, so
     its margins are multiplied by the scale; FC's offsets are in similarity units by default,
     tau w b / s_ref times the scale (``sir.cosine_scale`` = s_ref, 16), or in logit units (null)."""
-    assert UCIR.sir_scale == "scale" and PODNet.sir_scale == "scale"
-    assert UCIR.sir_head == PODNet.sir_head == "cosine" and SIRConfig().cosine_scale == 16.0
+    assert UCIR.head == PODNet.head == HeadSpec(logits="logits", scale="scale", kind="cosine") and SIRConfig().cosine_scale == 16.0
     scale, cos = 8.0, SIR_Z / 4
     out = adjust(sir_at_step_2(), scale * cos, SIR_Y, torch.tensor(scale), "cosine")
     assert torch.allclose(out, expected_sir(scale * cos, 0.5, scale), atol=1e-5)  # 8 / 16
@@ -499,13 +501,15 @@ def test_sir_adjusts_scaled_cosine_logits():
 
 
 def test_sir_on_the_sigmoid_head():
-    """iCaRL's sigmoid BCE: by default FC's offsets are added to the logits as on a linear head;
-    with ``sir.sigmoid = weight`` they become per-sample weights exp(-tau w_y b_y), mean 1."""
-    assert ICaRL.sir_scale is None
-    head = ICaRL.sir_head
-    assert head == "sigmoid"
-    assert torch.allclose(adjust(sir_at_step_2(), SIR_Z, SIR_Y, 1.0, head), expected_sir(SIR_Z, 1.0, 1.0), atol=1e-6)
-    sir = sir_at_step_2(sigmoid="weight")
+    """iCaRL's sigmoid BCE: by default (``sir.sigmoid = weight``) FC becomes per-sample weights
+    exp(-tau w_y b_y), mean 1, and only IT's margins touch the logits; with ``margin`` FC's offsets
+    are added to the logits as on a linear head."""
+    assert ICaRL.head == HeadSpec(logits="logits", scale=None, kind="sigmoid")
+    head = ICaRL.head.kind
+    margin = sir_at_step_2(sigmoid="margin")
+    assert torch.allclose(adjust(margin, SIR_Z, SIR_Y, 1.0, head), expected_sir(SIR_Z, 1.0, 1.0), atol=1e-6)
+    assert margin.sample_weights(SIR_Y) is None
+    sir = sir_at_step_2()
     assert torch.allclose(adjust(sir, SIR_Z, SIR_Y, 1.0, head), expected_sir(SIR_Z, 0.0, 1.0), atol=1e-6)
     # exp(-0.5 ln 0.05) = sqrt(20) = 4.47213595, exp(-ln 0.01) = 100, 1, 1; mean 26.61803399
     raw = torch.tensor([4.47213595499958, 100.0, 1.0, 1.0])

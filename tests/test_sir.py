@@ -11,7 +11,7 @@ from sircil.methods import method_class
 from sircil.data.datasets import load_dataset
 from sircil.data.scenario import apply_class_order, resolve_class_order
 from sircil.evaluate import infer
-from sircil.sir import SIR, attenuation_weights, class_gaussians, frequency_margins, wasserstein_similarity
+from sircil.plugins.sir import SIR, attenuation_weights, class_gaussians, frequency_margins, wasserstein_similarity
 from sircil.trainer import run_experiment
 
 from conftest import fashion_config, make_config, stable

@@ -191,3 +191,16 @@ def test_report_gives_the_paired_sir_difference_with_its_interval(tmp_path):
     half = 4.303 * statistics.stdev(diffs) / math.sqrt(3)
     assert f"| SIR_P - PODNet | +3.0 [{3 - half:+.1f}, {3 + half:+.1f}] |" in report
     assert "| SIR_P - PODNet | +3.0 [-2.0, +8.0] |" in report
+
+
+def test_run_states_survive_the_workers_json_reports():
+    import json
+
+    from sircil.sweep import RunState, describe
+
+    for state in RunState:
+        assert RunState(json.loads(json.dumps({"status": state}))["status"]) is state
+    assert describe({"run": "UCIR_m1_seed1993", "status": RunState.FAILED, "error": "TrainingError: non-finite loss"}) == (
+        "UCIR_m1_seed1993: failed: TrainingError: non-finite loss"
+    )
+    assert describe({"run": "r", "status": RunState.FINISHED}) == "r: skipped (finished)"

@@ -6,6 +6,7 @@ import torch
 from sircil.config import ConfigError
 from sircil.methods.ucir import UCIRConfig
 from sircil.trainer import Trainer, run_experiment
+from sircil.training.loop import Fitter
 
 from conftest import fashion_config, make_config, stable, write_fashion_idx
 
@@ -46,7 +47,13 @@ def ucir_config(root, **method):
 def cbf_runs(tmp_path_factory):
     """The same tiny UCIR run on generated data with and without cbf; records what every cbf phase changed."""
     phases: dict[str, list[dict]] = {"on": [], "off": []}
-    original = Trainer.fit
+    original = Fitter.fit
+    update_memory = Trainer.update_memory
+    memory = []  # the running trainer's memory
+
+    def recording_update_memory(self, step):
+        memory[:] = [self.memory]
+        return update_memory(self, step)
 
     def recording_fit(self, phase, step, **options):
         if phase.name != "cbf":
@@ -58,8 +65,8 @@ def cbf_runs(tmp_path_factory):
         after = model.state_dict()
         phases[current].append({
             "step": step.index,
-            "counts": torch.bincount(self.train_split.labels[phase.indices], minlength=step.num_seen).tolist(),
-            "in_memory": set(phase.indices.tolist()) == set(self.memory.indices().tolist()),
+            "counts": torch.bincount(self.split.labels[phase.indices], minlength=step.num_seen).tolist(),
+            "in_memory": set(phase.indices.tolist()) == set(memory[0].indices().tolist()),
             "trained_is_head": len(trained) == len(model.head.weights) and all(p is w for p, w in zip(trained, model.head.weights)),
             "changed": {k for k in before if not torch.equal(before[k], after[k])},
             "lrs": [phase.lr_at(e) for e in range(phase.epochs)],
@@ -70,7 +77,8 @@ def cbf_runs(tmp_path_factory):
     metrics = {}
     with pytest.MonkeyPatch.context() as mp:
         write_fashion_idx(root, mp, train_per_class=30, test_per_class=5)
-        mp.setattr(Trainer, "fit", recording_fit)
+        mp.setattr(Fitter, "fit", recording_fit)
+        mp.setattr(Trainer, "update_memory", recording_update_memory)
         for current, method in (("off", {}), ("on", {"cbf_epochs": 3, "cbf_lr": 0.05, "cbf_milestones": [2]})):
             metrics[current] = run_experiment(make_config(ucir_config(root, **method)), tmp_path_factory.mktemp(current))
     return metrics, phases

@@ -2,7 +2,7 @@
 
 Three pipelines train the config's model (ResNet-32 for the default iCaRL CIFAR-100 recipe)
 on generated CIFAR-100-shaped data (uint8 3 x 32 x 32, 100 balanced classes, cached as a
-``.npz`` the ``numpy`` dataset reads), each in one ``Trainer.fit`` call on a step holding
+``.npz`` the ``numpy`` dataset reads), each in one ``Fitter.fit`` call on a step holding
 every class (a 100-class head) and every training image. So all three run fit's own
 training step, with its loss, optimizer, batch size, precision, memory format, compilation
 and thread count, and differ only in where each batch comes from:
@@ -50,9 +50,9 @@ from torchvision import transforms
 
 from .config import ConfigError, load_config
 from .data.datasets import dataset_spec
-from .methods import Step
 from .runfolder import RunFolder, atomic_write_bytes, atomic_write_json, device_name, git_commit, setup_logger
-from .trainer import Phase, Trainer
+from .trainer import Trainer
+from .training.phase import Phase, Step
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "cifar100" / "icarl_b50_5steps.yaml"
@@ -173,11 +173,7 @@ def all_classes_step(trainer: Trainer) -> tuple[Step, torch.Tensor]:
     set, as in the anchors' pipeline (the recipe's own base step would hold half of both)."""
     step = Step(0, 0, trainer.spec.num_classes)
     indices = torch.arange(len(trainer.train_split), device=trainer.device)
-    trainer.step_indices = indices
-    if trainer.sir is not None:
-        trainer.begin_sir(step, indices)
-    trainer.method.expand(step)
-    trainer.method.begin_step(step, trainer)
+    trainer.prepare(step, indices)
     return step, indices
 
 
@@ -188,11 +184,11 @@ def make_phase(trainer: Trainer, step: Step, indices: torch.Tensor, name: str, e
 
 
 class BatchSource:
-    """Stands in for ``trainer.augment`` during ``fit``: returns the pipeline's next batch and
+    """Stands in for ``trainer.fitter.augment`` during ``fit``: returns the pipeline's next batch and
     ignores the images fit gathered. So all three pipelines run fit's own training step, with
     whatever it does (autocast, compilation, CUDA graphs, fused optimizer), and differ only in
     where a batch comes from. Counts its calls, so that a fit which stops drawing its batches
-    through ``trainer.augment`` is reported instead of silently timed."""
+    through ``fitter.augment`` is reported instead of silently timed."""
 
     def __init__(self, next_batch: Callable[[], torch.Tensor]):
         self.next_batch, self.calls = next_batch, 0
@@ -211,7 +207,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_fit(trainer: Trainer, step: Step, indices: torch.Tensor, name: str, epochs: int, source: BatchSource | None = None) -> Measurement:
-    """One ``Trainer.fit`` call of ``epochs`` epochs, batches from ``source`` (None: sircil's own
+    """One ``Fitter.fit`` call of ``epochs`` epochs, batches from ``source`` (None: sircil's own
     on-device augmentation). Timed from the start of the second epoch (the first is warmup:
     compilation, allocator, cuDNN choices) to fit's return, device synchronized at both ends;
     all epochs when there is one. One call rather than a warmup call and a timed call,
@@ -228,18 +224,19 @@ def time_fit(trainer: Trainer, step: Step, indices: torch.Tensor, name: str, epo
         if previous is not None:
             previous(epoch)
 
-    augment = trainer.augment
-    trainer.augment = source if source is not None else augment
+    fitter = trainer.fitter
+    augment = fitter.augment
+    fitter.augment = source if source is not None else augment
     try:
-        images, _ = trainer.fit(dataclasses.replace(phase, on_epoch_start=on_epoch_start), step)
+        images, _ = fitter.fit(dataclasses.replace(phase, on_epoch_start=on_epoch_start), step)
         synchronize(trainer.device)
     finally:
-        trainer.augment = augment
+        fitter.augment = augment
     seconds = time.perf_counter() - marks["start"]
     if source is not None and source.calls * trainer.cfg.train.batch_size != images:
         raise RuntimeError(
-            f"bench {name}: Trainer.fit trained on {images} images but drew {source.calls} batches through trainer.augment; "
-            "fit no longer takes each batch from trainer.augment, and sircil/bench.py must follow it"
+            f"bench {name}: Fitter.fit trained on {images} images but drew {source.calls} batches through fitter.augment; "
+            "fit no longer takes each batch from fitter.augment, and sircil/bench.py must follow it"
         )
     return Measurement(images * (epochs - warmup) // epochs, seconds)
 
@@ -264,8 +261,8 @@ def fixed_batch(trainer: Trainer) -> BatchSource:
     """The limit: one batch, augmented and normalized once, already on the device in the
     model's memory format, handed out again and again."""
     generator = torch.Generator(device=trainer.device).manual_seed(DATA_SEED)
-    x = trainer.augment(trainer.train_split.images[: trainer.cfg.train.batch_size], generator)
-    if trainer.channels_last:
+    x = trainer.fitter.augment(trainer.train_split.images[: trainer.cfg.train.batch_size], generator)
+    if trainer.cfg.train.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return BatchSource(lambda: x)
 

@@ -41,7 +41,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import parse_shard, plan_devices, run_packed_sweep, run_sweep, sweep_worker
+    from .sweep import describe, parse_shard, plan_devices, run_packed_sweep, run_sweep, sweep_worker
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.sweep).stem
     shard_spec = parse_shard(args.shard)
@@ -52,14 +52,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.per_device * len(devices) == 1 and devices == default:  # as before packing: in this process
         statuses = run_sweep(args.sweep, out, shard_spec, args.set, overwrite=args.overwrite)
         for status in statuses:
-            print(f"{status['run']}: {status['status']}", file=sys.stderr)
+            print(describe(status), file=sys.stderr)
         return 0
     workers = args.per_device * len(devices)
     where = "the CPU" if devices == ["cpu"] else "GPU " + ",".join(devices)
     print(f"{workers} worker process{'es' if workers > 1 else ''}, {args.per_device} per device on {where}", file=sys.stderr)
     result = run_packed_sweep(
         args.sweep, out, devices, args.per_device, shard_spec, args.set, overwrite=args.overwrite,
-        on_status=lambda s: print(f"{s['run']}: {s['status']}" + (f" (worker {s['worker']}, {s['device']})" if "worker" in s else ""), file=sys.stderr),
+        on_status=lambda s: print(describe(s) + (f" (worker {s['worker']}, {s['device']})" if "worker" in s else ""), file=sys.stderr),
     )
     print(f"worker logs and reports: {result.session}", file=sys.stderr)
     for line in result.failed:
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data.datasets import DatasetError
     from .report import ReportError
     from .runfolder import RunFolderError
-    from .trainer import TrainingError
+    from .training.loop import TrainingError
 
     try:
         return args.func(args)

@@ -14,13 +14,18 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import yaml
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key and what to do."""
+
+
+def require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
 
 
 @dataclass
@@ -43,11 +48,37 @@ class DataConfig:
     crop_size: int | None = None  # "resized": training crop and evaluation center crop (e.g. 224 of 256)
     subset: str | None = None  # imagenet_subset: "ucir" (default) or "podnet"
 
+    NORMALIZATIONS: ClassVar[tuple[str, ...]] = ("mean_std", "pixel_mean")
+
+    def validate(self) -> None:
+        """Checks of this section alone; those against the dataset itself are data/datasets.py's."""
+        require(self.image_size is None or self.image_size >= 8, f"data.image_size must be >= 8 or null, got {self.image_size}")
+        require(self.crop in ("pad", "resized"), f"data.crop must be 'pad' or 'resized', got {self.crop!r}")
+        require(
+            (self.crop == "resized") == (self.crop_size is not None),
+            f"data.crop_size goes with data.crop=resized (and only then); got crop={self.crop!r}, crop_size={self.crop_size}",
+        )
+        require(
+            self.subset is None or self.dataset == "imagenet_subset",
+            f"data.subset names an ImageNet subset and goes with data.dataset=imagenet_subset, not {self.dataset!r}",
+        )
+        for key in ("train_per_class", "test_per_class"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, f"data.{key} must be >= 1 or null, got {value}")
+        require(self.normalize in self.NORMALIZATIONS, f"data.normalize must be one of {self.NORMALIZATIONS}, got {self.normalize!r}")
+        require(self.pad >= 0, f"data.pad must be >= 0, got {self.pad}")
+        require(self.std is None or all(v > 0 for v in self.std), f"data.std must be > 0, got {self.std}")
+        require(0.0 <= self.brightness <= 1.0, f"data.brightness must be in [0, 1], got {self.brightness}")
+
 
 @dataclass
 class ScenarioConfig:
     base_classes: int = 2
     steps: int = 4
+
+    def validate(self) -> None:
+        require(self.base_classes >= 0, f"scenario.base_classes must be >= 0, got {self.base_classes}")
+        require(self.steps >= 1, f"scenario.steps must be >= 1, got {self.steps}")
 
 
 @dataclass
@@ -55,6 +86,15 @@ class MemoryConfig:
     per_class: int | None = 20
     total: int | None = None
     selection: str = "herding"
+
+    def validate(self) -> None:
+        require(
+            (self.per_class is None) != (self.total is None),
+            "set exactly one of memory.per_class and memory.total (the other to null, "
+            f"e.g. --set memory.per_class=null); got per_class={self.per_class}, total={self.total}",
+        )
+        require(self.per_class is None or self.per_class >= 0, f"memory.per_class must be >= 0, got {self.per_class}")
+        require(self.total is None or self.total >= 0, f"memory.total must be >= 0, got {self.total}")
 
 
 @dataclass
@@ -64,6 +104,9 @@ class ModelConfig:
     block_relu: bool = True
     shortcut: str = "A"
     zero_init_residual: bool = False
+
+    def validate(self) -> None:
+        require(self.shortcut in ("A", "B"), f"model.shortcut must be 'A' (zero padding) or 'B' (1x1 conv), got {self.shortcut!r}")
 
 
 @dataclass
@@ -75,6 +118,7 @@ class TrainConfig:
     base_lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    base_weight_decay: float | None = None  # the base step's own, where a recipe has one (WA)
     scheduler: str = "cosine"
     milestones: list[int] = field(default_factory=list)
     base_milestones: list[int] | None = None
@@ -89,6 +133,37 @@ class TrainConfig:
     # torch.compile of the training step: "off", "default", "reduce-overhead" (CUDA graphs), or
     # "auto": reduce-overhead on one CUDA device, off elsewhere (CPU: compiling gains little; DDP: opt-in).
     compile: str = "auto"
+
+    SCHEDULERS: ClassVar[tuple[str, ...]] = ("cosine", "step", "constant")
+    DEVICES: ClassVar[tuple[str, ...]] = ("auto", "cpu", "cuda", "mps")
+    COMPILE_MODES: ClassVar[tuple[str, ...]] = ("auto", "off", "default", "reduce-overhead")
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            require(value >= 1, f"train.{name} must be >= 1, got {value}")
+        require(self.base_epochs is None or self.base_epochs >= 1, f"train.base_epochs must be >= 1 or null, got {self.base_epochs}")
+        require(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        require(self.base_lr is None or self.base_lr > 0, f"train.base_lr must be > 0 or null, got {self.base_lr}")
+        require(0 <= self.momentum < 1, f"train.momentum must be in [0, 1), got {self.momentum}")
+        require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        require(self.base_weight_decay is None or self.base_weight_decay >= 0, f"train.base_weight_decay must be >= 0 or null, got {self.base_weight_decay}")
+        require(0 < self.lr_decay <= 1, f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
+        require(self.scheduler in self.SCHEDULERS, f"train.scheduler must be one of {self.SCHEDULERS}, got {self.scheduler!r}")
+        require(
+            self.device.split(":")[0] in self.DEVICES, f"train.device must be one of {self.DEVICES} (cuda:N allowed), got {self.device!r}"
+        )
+        require(self.grad_clip_value is None or self.grad_clip_value > 0, f"train.grad_clip_value must be > 0 or null, got {self.grad_clip_value}")
+        require(self.threads is None or self.threads >= 1, f"train.threads must be >= 1 or null, got {self.threads}")
+        require(self.precision in ("fp32", "bf16"), f"train.precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        require(self.compile in self.COMPILE_MODES, f"train.compile must be one of {self.COMPILE_MODES}, got {self.compile!r}")
+        require(self.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0 (0: only after each step), got {self.checkpoint_every}")
+        for key, stones, epochs in (
+            ("train.milestones", self.milestones, self.epochs),
+            ("train.base_milestones", self.base_milestones or [], self.base_epochs or self.epochs),
+        ):
+            require(all(0 < e < epochs for e in stones), f"{key} must lie strictly between 0 and the epoch count {epochs}, got {stones}")
+            require(list(stones) == sorted(set(stones)), f"{key} must be increasing, got {stones}")
 
 
 @dataclass
@@ -105,9 +180,36 @@ class SIRConfig:
     # learned scale; a number s_ref gives them in similarity units, tau * w_k * b_k / s_ref, moving
     # with the learned scale like IT's margins (docs/sir.md: which one and why).
     cosine_scale: float | None = 16.0
-    # Sigmoid heads (iCaRL): "margin" adds FC's offsets to the logits; "weight" turns them into
-    # per-sample weights of the BCE, exp(-tau * w_y * b_y), normalized to mean 1 over the batch.
-    sigmoid: str = "margin"
+    # Sigmoid heads (iCaRL): "weight" turns FC's offsets into per-sample weights of the BCE,
+    # exp(-tau * w_y * b_y), normalized to mean 1 over the batch; "margin" adds them to the logits
+    # (over a whole run it stops iCaRL learning new classes: docs/sir.md).
+    sigmoid: str = "weight"
+
+    def validate(self) -> None:
+        require(self.fc >= 0, f"sir.fc (tau) must be >= 0, got {self.fc}")
+        require(0 < self.ca <= 1, f"sir.ca (gamma) must be in (0, 1], got {self.ca}")
+        require(self.it >= 0, f"sir.it (lambda) must be >= 0, got {self.it}")
+        require(self.cosine_scale is None or self.cosine_scale > 0, f"sir.cosine_scale must be > 0 or null, got {self.cosine_scale}")
+        require(self.sigmoid in ("margin", "weight"), f"sir.sigmoid must be 'margin' or 'weight', got {self.sigmoid!r}")
+
+
+@dataclass
+class LogitAdjustmentConfig:
+    """Logit adjustment (Menon et al., ICLR 2021) as a plug-in (plugins/logit_adjustment.py): the
+    prior correction from the step's class counts alone, SIR's frequency compensation without
+    its attenuation, transfer or per-head rules."""
+
+    enabled: bool = False
+    tau: float = 1.0
+    # "loss": the logit-adjusted loss (training logits + tau log prior; tau 1 is the balanced
+    # softmax); "post_hoc": train as usual, subtract tau log prior from the logits at inference.
+    mode: str = "loss"
+
+    MODES: ClassVar[tuple[str, ...]] = ("loss", "post_hoc")
+
+    def validate(self) -> None:
+        require(self.tau >= 0, f"logit_adjustment.tau must be >= 0, got {self.tau}")
+        require(self.mode in self.MODES, f"logit_adjustment.mode must be one of {self.MODES}, got {self.mode!r}")
 
 
 @dataclass
@@ -130,12 +232,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sir: SIRConfig = field(default_factory=SIRConfig)
+    logit_adjustment: LogitAdjustmentConfig = field(default_factory=LogitAdjustmentConfig)
     cache_dir: str | None = None
-
-    SCHEDULERS: ClassVar[tuple[str, ...]] = ("cosine", "step", "constant")
-    NORMALIZATIONS: ClassVar[tuple[str, ...]] = ("mean_std", "pixel_mean")
-    DEVICES: ClassVar[tuple[str, ...]] = ("auto", "cpu", "cuda", "mps")
-    COMPILE_MODES: ClassVar[tuple[str, ...]] = ("auto", "off", "default", "reduce-overhead")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -149,7 +247,7 @@ class Config:
         how often a step checkpoints and whether the step is compiled are left out: none changes
         the recipe (compiling changes float rounding only), and a run may resume with any of
         them changed."""
-        content = non_default(self)
+        content = non_default(self, FIRST_DEFAULTS)
         content.pop("cache_dir", None)
         for key in ("threads", "checkpoint_every", "compile"):
             content.get("train", {}).pop(key, None)
@@ -161,17 +259,28 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def non_default(obj: Any) -> dict[str, Any]:
-    """The fields of a config dataclass (recursively) whose values differ from the defaults."""
+# Defaults changed after runs were hashed, with the default they had then. A run's hash compares
+# these fields with their first default, so finished runs keep their hashes (and are recognized
+# by sweeps and resumes) and a config hashes by what it means, not by what the default was.
+FIRST_DEFAULTS: dict[str, Any] = {
+    "sir.sigmoid": "margin",  # -> "weight": the three-seed grid (docs/sir.md)
+}
+
+
+def non_default(obj: Any, first: dict[str, Any] | None = None, prefix: str = "") -> dict[str, Any]:
+    """The fields of a config dataclass (recursively) whose values differ from the defaults
+    (from ``first[dotted.name]`` where it names one)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
-            nested = non_default(value)
+            nested = non_default(value, first, f"{prefix}{f.name}.")
             if nested:
                 out[f.name] = nested
             continue
-        if f.default is not dataclasses.MISSING:
+        if first and prefix + f.name in first:
+            default = first[prefix + f.name]
+        elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
@@ -254,9 +363,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 BOOLEAN_WORDS = {"train.compile": {False: "off", True: "default"}}
 
 
-def config_from_dict(raw: dict[str, Any]) -> Config:
-    from .methods import method_config_class
+# method name -> its options' class, filled by the method registry (methods/__init__.py)
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
 
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    if name not in METHOD_CONFIGS:
+        raise ConfigError(f"method.name must be one of {sorted(METHOD_CONFIGS)}, got {name!r}")
+    return METHOD_CONFIGS[name]
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
     raw = dict(raw)
     method_raw = raw.pop("method", None) or {}
     if not isinstance(method_raw, dict):
@@ -341,108 +458,22 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
+# Checks that need a layer above this module (the dataset's class count, the backbone and selection
+# registries): each layer registers its own, so this module imports nothing of sircil.
+CHECKS: list[Callable[[Config], None]] = []
+
+
+def register_check(check: Callable[[Config], None]) -> Callable[[Config], None]:
+    CHECKS.append(check)
+    return check
 
 
 def validate(cfg: Config) -> None:
-    """Range and consistency checks before any data is loaded (a user's dataset is probed:
-    its class folders or its arrays' headers give the class count and image shape)."""
-    from .data.datasets import resolve_spec
-    from .data.memory import SELECTIONS
-    from .models import BACKBONES, RESNET18_FIXED
-
-    d, s, m, t = cfg.data, cfg.scenario, cfg.memory, cfg.train
-    _require(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8 or null, got {d.image_size}")
-    _require(d.crop in ("pad", "resized"), f"data.crop must be 'pad' or 'resized', got {d.crop!r}")
-    _require(
-        (d.crop == "resized") == (d.crop_size is not None),
-        f"data.crop_size goes with data.crop=resized (and only then); got crop={d.crop!r}, crop_size={d.crop_size}",
-    )
-    _require(
-        d.subset is None or d.dataset == "imagenet_subset",
-        f"data.subset names an ImageNet subset and goes with data.dataset=imagenet_subset, not {d.dataset!r}",
-    )
-    spec = resolve_spec(d)
-    _require(
-        d.crop_size is None or 8 <= d.crop_size <= spec.image_size,
-        f"data.crop_size must be between 8 and the image size {spec.image_size}, got {d.crop_size}",
-    )
-    _require(d.train_per_class is None or d.train_per_class >= 1, f"data.train_per_class must be >= 1 or null, got {d.train_per_class}")
-    _require(d.test_per_class is None or d.test_per_class >= 1, f"data.test_per_class must be >= 1 or null, got {d.test_per_class}")
-    _require(d.normalize in Config.NORMALIZATIONS, f"data.normalize must be one of {Config.NORMALIZATIONS}, got {d.normalize!r}")
-    _require(d.pad >= 0, f"data.pad must be >= 0, got {d.pad}")
-    for key, values in (("data.mean", d.mean), ("data.std", d.std)):
-        _require(values is None or len(values) == spec.channels, f"{key} needs {spec.channels} value(s) for {spec.name}, got {values}")
-    _require(d.std is None or all(v > 0 for v in d.std), f"data.std must be > 0, got {d.std}")
-    _require(0.0 <= d.brightness <= 1.0, f"data.brightness must be in [0, 1], got {d.brightness}")
-    _require(s.base_classes >= 0, f"scenario.base_classes must be >= 0, got {s.base_classes}")
-    _require(
-        s.base_classes < spec.num_classes,
-        f"scenario.base_classes={s.base_classes} leaves no class for increments: {spec.name} has {spec.num_classes} classes",
-    )
-    _require(s.steps >= 1, f"scenario.steps must be >= 1, got {s.steps}")
-    remaining = spec.num_classes - s.base_classes
-    _require(
-        remaining % s.steps == 0,
-        f"scenario.steps={s.steps} does not divide the {remaining} classes left after "
-        f"scenario.base_classes={s.base_classes} on {spec.name} ({spec.num_classes} classes)",
-    )
-    _require(
-        (m.per_class is None) != (m.total is None),
-        "set exactly one of memory.per_class and memory.total (the other to null, "
-        f"e.g. --set memory.per_class=null); got per_class={m.per_class}, total={m.total}",
-    )
-    _require(m.per_class is None or m.per_class >= 0, f"memory.per_class must be >= 0, got {m.per_class}")
-    _require(m.total is None or m.total >= 0, f"memory.total must be >= 0, got {m.total}")
-    _require(m.selection in SELECTIONS, f"memory.selection must be one of {sorted(SELECTIONS)}, got {m.selection!r}")
-    _require(cfg.model.shortcut in ("A", "B"), f"model.shortcut must be 'A' (zero padding) or 'B' (1x1 conv), got {cfg.model.shortcut!r}")
-    _require(cfg.model.backbone in BACKBONES, f"model.backbone must be one of {sorted(BACKBONES)}, got {cfg.model.backbone!r}")
-    if cfg.model.backbone.startswith("resnet18"):
-        for key, value in RESNET18_FIXED.items():
-            _require(
-                getattr(cfg.model, key) == value,
-                f"model.{key}={getattr(cfg.model, key)!r} is a CIFAR-ResNet option; {cfg.model.backbone} needs model.{key}={value!r}",
-            )
-    for name in ("epochs", "batch_size", "eval_batch_size"):
-        value = getattr(t, name)
-        _require(value >= 1, f"train.{name} must be >= 1, got {value}")
-    _require(t.base_epochs is None or t.base_epochs >= 1, f"train.base_epochs must be >= 1 or null, got {t.base_epochs}")
-    _require(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
-    _require(t.base_lr is None or t.base_lr > 0, f"train.base_lr must be > 0 or null, got {t.base_lr}")
-    _require(0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}")
-    _require(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
-    _require(0 < t.lr_decay <= 1, f"train.lr_decay must be in (0, 1], got {t.lr_decay}")
-    _require(t.scheduler in Config.SCHEDULERS, f"train.scheduler must be one of {Config.SCHEDULERS}, got {t.scheduler!r}")
-    _require(t.device.split(":")[0] in Config.DEVICES, f"train.device must be one of {Config.DEVICES} (cuda:N allowed), got {t.device!r}")
-    _require(t.grad_clip_value is None or t.grad_clip_value > 0, f"train.grad_clip_value must be > 0 or null, got {t.grad_clip_value}")
-    _require(t.threads is None or t.threads >= 1, f"train.threads must be >= 1 or null, got {t.threads}")
-    _require(t.precision in ("fp32", "bf16"), f"train.precision must be 'fp32' or 'bf16', got {t.precision!r}")
-    _require(t.compile in Config.COMPILE_MODES, f"train.compile must be one of {Config.COMPILE_MODES}, got {t.compile!r}")
-    _require(t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0 (0: only after each step), got {t.checkpoint_every}")
-    for key, stones, epochs in (
-        ("train.milestones", t.milestones, t.epochs),
-        ("train.base_milestones", t.base_milestones or [], t.base_epochs or t.epochs),
-    ):
-        _require(all(0 < e < epochs for e in stones), f"{key} must lie strictly between 0 and the epoch count {epochs}, got {stones}")
-        _require(list(stones) == sorted(set(stones)), f"{key} must be increasing, got {stones}")
-    if isinstance(d.class_order, list):
-        _require(
-            sorted(d.class_order) == list(range(spec.num_classes)),
-            f"data.class_order must be a permutation of 0..{spec.num_classes - 1} for {spec.name}",
-        )
-    elif isinstance(d.class_order, str):
-        from .data.scenario import NAMED_ORDERS
-
-        _require(d.class_order in NAMED_ORDERS, f"data.class_order must be a list or one of {sorted(NAMED_ORDERS)}, got {d.class_order!r}")
-        _require(
-            len(NAMED_ORDERS[d.class_order]) == spec.num_classes,
-            f"data.class_order={d.class_order!r} has {len(NAMED_ORDERS[d.class_order])} classes, {spec.name} has {spec.num_classes}",
-        )
-    _require(cfg.sir.fc >= 0, f"sir.fc (tau) must be >= 0, got {cfg.sir.fc}")
-    _require(0 < cfg.sir.ca <= 1, f"sir.ca (gamma) must be in (0, 1], got {cfg.sir.ca}")
-    _require(cfg.sir.it >= 0, f"sir.it (lambda) must be >= 0, got {cfg.sir.it}")
-    _require(cfg.sir.cosine_scale is None or cfg.sir.cosine_scale > 0, f"sir.cosine_scale must be > 0 or null, got {cfg.sir.cosine_scale}")
-    _require(cfg.sir.sigmoid in ("margin", "weight"), f"sir.sigmoid must be 'margin' or 'weight', got {cfg.sir.sigmoid!r}")
+    """Range and consistency checks before any data is loaded: each section's own, then the
+    registered checks (a user's dataset is probed: its class folders or its arrays' headers
+    give the class count and image shape), then the method's."""
+    for section in (cfg.data, cfg.scenario, cfg.memory, cfg.model, cfg.train, cfg.sir, cfg.logit_adjustment):
+        section.validate()
+    for check in CHECKS:
+        check(cfg)
     cfg.method.validate(cfg)

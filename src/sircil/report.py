@@ -3,7 +3,8 @@
 Every run folder below FOLDER (a ``metrics.json`` of a finished run beside its
 ``config.yaml``) is one point; runs differing only in their seed are averaged. A run's
 method label follows the paper: the method's name, SIR_P / SIR_D for PODNet / DER with
-SIR, ``<name>+SIR`` otherwise (``+SIR[FC+IT]`` when only some parts are on).
+SIR, ``<name>+SIR`` otherwise (``+SIR[FC+IT]`` when only some parts are on), ``+LA`` with
+logit adjustment.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from typing import Any
 
 import yaml
 
-from .config import SIRConfig
+from .config import LogitAdjustmentConfig, SIRConfig
+from .methods import METHODS
 from .paper import PAPER_AVERAGE_INCREMENTAL_ACCURACY
 from .runfolder import atomic_write_bytes, atomic_write_text
 
-NAMES = {"finetune": "Finetune", "icarl": "iCaRL", "ucir": "UCIR", "podnet": "PODNet", "der": "DER"}
+NAMES = {"finetune": "Finetune", "icarl": "iCaRL", "ucir": "UCIR", "podnet": "PODNet", "der": "DER", "wa": "WA", "ssil": "SS-IL"}
 WITH_SIR = {"podnet": "SIR_P", "der": "SIR_D"}
-ORDER = ["Finetune", "Finetune+SIR", "iCaRL", "iCaRL+SIR", "UCIR", "UCIR+SIR", "PODNet", "SIR_P", "DER", "SIR_D"]
+ORDER = ["Finetune", "Finetune+SIR", "Finetune+LA", "iCaRL", "iCaRL+SIR", "UCIR", "UCIR+SIR", "PODNet", "SIR_P", "DER", "SIR_D", "WA", "SS-IL"]
 
 
 class ReportError(RuntimeError):
@@ -34,14 +36,33 @@ class ReportError(RuntimeError):
 
 def method_label(config: dict[str, Any]) -> str:
     name = config["method"]["name"]
+    label = NAMES.get(name, name) + logit_adjustment_suffix(config.get("logit_adjustment") or {})
     sir = config.get("sir") or {}
     if not sir.get("enabled"):
-        return NAMES.get(name, name)
-    sir = {**dataclasses.asdict(SIRConfig()), **sir}  # a part left out of the file is at its default
+        return label
+    defaults = dataclasses.asdict(SIRConfig())
+    sir = {**defaults, **sir}  # a part left out of the file is at its default
     parts = [p for p, on in (("FC", sir["fc"] > 0), ("CA", sir["ca"] < 1), ("IT", sir["it"] > 0)) if on]
+    rules = "".join(f"({key}={sir[key]})" for key in HEAD_RULES.get(head_kind(name), ()) if sir[key] != defaults[key])
     if len(parts) == 3:
-        return WITH_SIR.get(name, f"{NAMES.get(name, name)}+SIR")
-    return f"{NAMES.get(name, name)}+SIR[{'+'.join(parts) or 'none'}]"
+        plain = label == NAMES.get(name, name) and not rules
+        return WITH_SIR.get(name, f"{label}+SIR") if plain else f"{label}+SIR{rules}"
+    return f"{label}+SIR[{'+'.join(parts) or 'none'}]{rules}"
+
+
+# SIR's options that act on one kind of head only (a run on another head ignores them)
+HEAD_RULES = {"cosine": ("cosine_scale",), "sigmoid": ("sigmoid",)}
+
+
+def head_kind(method: str) -> str:
+    return METHODS[method].head.kind if method in METHODS else "linear"
+
+
+def logit_adjustment_suffix(la: dict[str, Any]) -> str:
+    if not la.get("enabled"):
+        return ""
+    la = {**dataclasses.asdict(LogitAdjustmentConfig()), **la}
+    return "+LA" + ("(post-hoc)" if la["mode"] == "post_hoc" else "") + (f"(tau {la['tau']:g})" if la["tau"] != 1.0 else "")
 
 
 @dataclass
@@ -122,9 +143,9 @@ def _difference_cell(d: tuple[float, float, int] | None) -> str:
 
 
 def family(label: str) -> str:
-    """The base method of a label: SIR_P -> PODNet, SIR_D -> DER, UCIR+SIR -> UCIR."""
+    """The base method of a label: SIR_P -> PODNet, SIR_D -> DER, UCIR+SIR -> UCIR, Finetune+LA -> Finetune."""
     base = {v: NAMES[k] for k, v in WITH_SIR.items()}.get(label, label)
-    return base.split("+SIR")[0]
+    return base.split("+")[0]
 
 
 def _sorted_methods(methods: list[str]) -> list[str]:
@@ -168,7 +189,7 @@ def markdown(panels, cost, paper: bool) -> str:
         pairs = [(m, b) for m in _sorted_methods(list(methods)) for b in [family(m)] if b != m and b in methods and "[" not in m]
         if pairs:
             lines += [
-                "", f"## {dataset}, {steps} steps: SIR minus its base method, average incremental accuracy, paired by seed",
+                "", f"## {dataset}, {steps} steps: each rectification minus its base method, average incremental accuracy, paired by seed",
                 "", "Mean difference over the seeds both have, [95% t-interval]; an interval that contains 0 is no evidence of an effect.",
                 "", "| method | " + " | ".join(f"m={m}" for m in memories) + " |", "|---|" + "---|" * len(memories),
             ]

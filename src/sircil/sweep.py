@@ -28,6 +28,7 @@ in-process as before.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
 import re
@@ -41,6 +42,30 @@ from typing import Any, Callable
 
 from .config import Config, ConfigError, load_config, read_yaml_mapping
 from .runfolder import RunFolder, RunFolderError, RunInProgress, atomic_write_json
+
+
+class RunState(str, enum.Enum):
+    """What became of a run of a sweep. The values are what the workers' reports hold and the
+    command line prints; a failed run carries its error beside the state."""
+
+    RAN = "ran"
+    RESUMED = "resumed"
+    FINISHED = "skipped (finished)"
+    BUSY = "skipped (running in another process)"
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+    NOT_STARTED = "not finished (not started)"
+    WORKER_STOPPED = "not finished (its worker stopped during the run)"
+    NOT_FINISHED_INTERRUPTED = "not finished (interrupted)"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def describe(entry: dict[str, Any]) -> str:
+    """A status entry as one line: run, state, and the error of a failed run."""
+    return f"{entry['run']}: {entry['status']}" + (f": {entry['error']}" if "error" in entry else "")
 
 
 @dataclass
@@ -189,14 +214,14 @@ def _run_one(run: SweepRun, cfg: Config, folder: RunFolder, overwrite: bool) -> 
     """Run (or resume) one run; a run held by another live process is skipped at once, never waited for."""
     from .trainer import run_experiment
 
-    status = "resumed" if folder.path.exists() and folder.recorded_hash() == cfg.hash() else "ran"
+    status = RunState.RESUMED if folder.path.exists() and folder.recorded_hash() == cfg.hash() else RunState.RAN
     try:
         metrics = run_experiment(cfg, folder.path, overwrite=overwrite)
     except RunInProgress:
-        return {"run": run.name, "status": "skipped (running in another process)"}
+        return {"run": run.name, "status": RunState.BUSY}
     except RunFolderError:
         if not overwrite and _is_done(folder, cfg):  # another process finished it since we looked
-            return {"run": run.name, "status": "skipped (finished)"}
+            return {"run": run.name, "status": RunState.FINISHED}
         raise
     return {"run": run.name, "status": status, "average_incremental_accuracy": metrics["average_incremental_accuracy"]}
 
@@ -215,7 +240,7 @@ def run_sweep(
     for run, cfg in zip(runs, configs):
         folder = RunFolder(out / "runs" / run.name)
         if _is_done(folder, cfg) and not overwrite:
-            statuses.append({"run": run.name, "status": "skipped (finished)"})
+            statuses.append({"run": run.name, "status": RunState.FINISHED})
             continue
         statuses.append(_run_one(run, cfg, folder, overwrite))
     return statuses
@@ -355,18 +380,18 @@ def sweep_worker(
     for run, cfg in zip(runs, configs):
         folder = RunFolder(out / "runs" / run.name)
         if _is_done(folder, cfg) and not overwrite:
-            publish({"run": run.name, "status": "skipped (finished)"}, write=False)  # written with the next change
+            publish({"run": run.name, "status": RunState.FINISHED}, write=False)  # written with the next change
             continue
         if not _claim_run(session / "claims", run.name, worker):
             continue  # another worker of this sweep has it
-        publish({"run": run.name, "status": "running"})
+        publish({"run": run.name, "status": RunState.RUNNING})
         try:
             status = _run_one(run, cfg, folder, overwrite)
         except KeyboardInterrupt:
-            publish({"run": run.name, "status": "interrupted"}, replace=True)
+            publish({"run": run.name, "status": RunState.INTERRUPTED}, replace=True)
             raise
         except BaseException as exc:
-            publish({"run": run.name, "status": f"failed: {type(exc).__name__}: {exc}"}, replace=True)
+            publish({"run": run.name, "status": RunState.FAILED, "error": f"{type(exc).__name__}: {exc}"}, replace=True)
             raise
         publish(status, replace=True)
     report["done"] = True
@@ -391,7 +416,7 @@ class PackedResult:
     session: Path
 
 
-_FINAL = ("ran", "resumed", "skipped (running in another process)")
+_FINAL = (RunState.RAN, RunState.RESUMED, RunState.BUSY, RunState.FAILED)
 
 
 def run_packed_sweep(
@@ -466,7 +491,7 @@ def run_packed_sweep(
         while any(w.proc.poll() is None for w in workers):
             time.sleep(0.5)
             for entry in _claimed_entries(session):
-                if entry["status"] in _FINAL or entry["status"].startswith("failed"):
+                if RunState(entry["status"]) in _FINAL:
                     if entry["run"] not in emitted and on_status is not None:
                         on_status(entry)
                     emitted.add(entry["run"])
@@ -505,21 +530,21 @@ def _reports(session: Path) -> list[dict[str, Any]]:
 
 
 def _claimed_entries(session: Path) -> list[dict[str, Any]]:
-    return [entry for report in _reports(session) for entry in report["runs"] if entry["status"] != "skipped (finished)"]
+    return [entry for report in _reports(session) for entry in report["runs"] if entry["status"] != RunState.FINISHED]
 
 
 def _merge(runs: list[SweepRun], session: Path) -> list[dict[str, Any]]:
     """One status per run: the claiming worker's, else 'skipped (finished)', else 'not finished'."""
     claimed = {entry["run"]: entry for entry in _claimed_entries(session)}  # one claimant per run and session
-    finished = {entry["run"] for report in _reports(session) for entry in report["runs"] if entry["status"] == "skipped (finished)"}
+    finished = {entry["run"] for report in _reports(session) for entry in report["runs"] if entry["status"] == RunState.FINISHED}
     statuses = []
     for run in runs:
         entry = claimed.get(run.name)
         if entry is None:
-            entry = {"run": run.name, "status": "skipped (finished)" if run.name in finished else "not finished (not started)"}
-        elif entry["status"] == "running":
-            entry = {**entry, "status": "not finished (its worker stopped during the run)"}
-        elif entry["status"] == "interrupted":
-            entry = {**entry, "status": "not finished (interrupted)"}
-        statuses.append(entry)
+            entry = {"run": run.name, "status": RunState.FINISHED if run.name in finished else RunState.NOT_STARTED}
+        elif entry["status"] == RunState.RUNNING:
+            entry = {**entry, "status": RunState.WORKER_STOPPED}
+        elif entry["status"] == RunState.INTERRUPTED:
+            entry = {**entry, "status": RunState.NOT_FINISHED_INTERRUPTED}
+        statuses.append({**entry, "status": RunState(entry["status"])})
     return statuses

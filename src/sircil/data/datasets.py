@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..config import DataConfig
+from ..config import Config, DataConfig, register_check, require
 
 
 class DatasetError(RuntimeError):
@@ -313,6 +313,43 @@ def _load_fashion_mnist(root: Path, cfg: DataConfig):
         labels = torch.from_numpy(arrays[f"{prefix}-labels-idx1-ubyte"].astype(np.int64))
         splits.append(ImageSplit(images, labels))
     return splits[0], splits[1], list(FASHION_MNIST_CLASSES)
+
+
+@register_check
+def check_against_dataset(cfg: Config) -> None:
+    """The config against the dataset's spec (a user's dataset is probed for it): image size,
+    channels, and that the scenario and the class order fit its classes."""
+    from .scenario import NAMED_ORDERS
+
+    d, s = cfg.data, cfg.scenario
+    spec = resolve_spec(d)
+    require(
+        d.crop_size is None or 8 <= d.crop_size <= spec.image_size,
+        f"data.crop_size must be between 8 and the image size {spec.image_size}, got {d.crop_size}",
+    )
+    for key, values in (("data.mean", d.mean), ("data.std", d.std)):
+        require(values is None or len(values) == spec.channels, f"{key} needs {spec.channels} value(s) for {spec.name}, got {values}")
+    require(
+        s.base_classes < spec.num_classes,
+        f"scenario.base_classes={s.base_classes} leaves no class for increments: {spec.name} has {spec.num_classes} classes",
+    )
+    remaining = spec.num_classes - s.base_classes
+    require(
+        remaining % s.steps == 0,
+        f"scenario.steps={s.steps} does not divide the {remaining} classes left after "
+        f"scenario.base_classes={s.base_classes} on {spec.name} ({spec.num_classes} classes)",
+    )
+    if isinstance(d.class_order, list):
+        require(
+            sorted(d.class_order) == list(range(spec.num_classes)),
+            f"data.class_order must be a permutation of 0..{spec.num_classes - 1} for {spec.name}",
+        )
+    elif isinstance(d.class_order, str):
+        require(d.class_order in NAMED_ORDERS, f"data.class_order must be a list or one of {sorted(NAMED_ORDERS)}, got {d.class_order!r}")
+        require(
+            len(NAMED_ORDERS[d.class_order]) == spec.num_classes,
+            f"data.class_order={d.class_order!r} has {len(NAMED_ORDERS[d.class_order])} classes, {spec.name} has {spec.num_classes}",
+        )
 
 
 from . import custom  # noqa: E402,F401  (registers the user-dataset kinds)

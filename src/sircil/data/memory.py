@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..config import MemoryConfig
+from ..config import Config, MemoryConfig, register_check, require
 
 Selection = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
 SELECTIONS: dict[str, Selection] = {}
@@ -119,3 +119,9 @@ def balanced_subset(indices: torch.Tensor, labels: torch.Tensor, generator: torc
     rank = torch.arange(y_sorted.numel(), device=y.device) - first[y_sorted]
     quota = counts[counts > 0].min()
     return shuffled[order[rank < quota]]
+
+
+@register_check
+def check_selection(cfg: Config) -> None:
+    m = cfg.memory
+    require(m.selection in SELECTIONS, f"memory.selection must be one of {sorted(SELECTIONS)}, got {m.selection!r}")

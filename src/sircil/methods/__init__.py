@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from ..config import ConfigError, MethodConfig
-from .base import Method, Step
+from ..config import METHOD_CONFIGS, ConfigError
+from ..training.phase import Step
+from .base import Method
 
 METHODS: dict[str, type[Method]] = {}
 M = TypeVar("M", bound=type[Method])
 
 
 def register_method(cls: M) -> M:
+    """Makes ``method.name: <cls.name>`` build ``cls`` and read its options as ``cls.Config``."""
     METHODS[cls.name] = cls
+    METHOD_CONFIGS[cls.name] = cls.Config
     return cls
 
 
@@ -22,10 +25,6 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-def method_config_class(name: str) -> type[MethodConfig]:
-    return method_class(name).Config
+from . import der, finetune, icarl, podnet, ssil, ucir, wa  # noqa: E402,F401  (registration side effect)
 
-
-from . import der, finetune, icarl, podnet, ucir  # noqa: E402,F401  (registration side effect)
-
-__all__ = ["METHODS", "Method", "Step", "method_class", "method_config_class", "register_method"]
+__all__ = ["METHODS", "Method", "Step", "method_class", "register_method"]

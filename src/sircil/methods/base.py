@@ -1,17 +1,17 @@
 """The contract between a method and the shared incremental trainer.
 
 A method declares only what differs from the others: how its model grows, what its
-forward pass returns (and which entry holds the logits its classification loss sees,
-the ones SIR adjusts), its losses as named terms, an optional phase after the main
-training, and whether it classifies by nearest exemplar mean. It never writes a
+forward pass returns (and, in its ``head``, which entry holds the logits its classification
+loss sees: the ones SIR and other plug-ins adjust), its losses as named terms, optional
+phases after the main training, and whether it classifies by nearest exemplar mean. It
+sees a step through its :class:`StepContext`, never the trainer, and never writes a
 training loop, an optimizer, a checkpoint or a metric.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -20,30 +20,8 @@ import torch.nn.functional as F
 from ..config import Config, MethodConfig
 from ..data.datasets import DatasetSpec
 from ..models import IncrementalLinear, build_backbone
-
-if TYPE_CHECKING:
-    from ..trainer import Phase, Trainer
-
-
-@dataclass(frozen=True)
-class Step:
-    """Step ``index`` trains on classes ``[start, end)`` as new; ``[0, start)`` are old."""
-
-    index: int
-    start: int
-    end: int
-
-    @property
-    def num_old(self) -> int:
-        return self.start
-
-    @property
-    def num_new(self) -> int:
-        return self.end - self.start
-
-    @property
-    def num_seen(self) -> int:
-        return self.end
+from ..training.context import HeadSpec, StepContext
+from ..training.phase import LossFn, Phase, Step
 
 
 class IncrementalNet(nn.Module):
@@ -71,14 +49,9 @@ class Method:
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     has_nme: ClassVar[bool] = False
-    # Output entry the classification loss reads; the SIR plug-in adjusts exactly this one.
-    sir_logits: ClassVar[str] = "logits"
-    # Output entry holding the scale applied to cosine similarities, when the logits are
-    # scaled cosines: SIR's IT margins are given before the scale (None: plain logits).
-    sir_scale: ClassVar[str | None] = None
-    # The kind of classifier SIR meets: "linear" (softmax over plain logits), "cosine" (softmax over
-    # scaled similarities, ``sir_scale`` set) or "sigmoid" (independent sigmoids).
-    sir_head: ClassVar[str] = "linear"
+    # The classifier the classification loss meets: the logits entry plug-ins adjust, the scale of
+    # cosine similarities where there is one (SIR's IT margins are given before it), the kind.
+    head: ClassVar[HeadSpec] = HeadSpec()
 
     def __init__(self, cfg: Config, spec: DatasetSpec):
         self.cfg = cfg
@@ -88,7 +61,6 @@ class Method:
         self.old_model: nn.Module | None = None
 
     def build_model(self) -> nn.Module:
-        m = self.cfg.model
         return IncrementalNet(self.build_backbone(), IncrementalLinear(self.feature_dim))
 
     def build_backbone(self) -> nn.Module:
@@ -104,10 +76,10 @@ class Method:
         """Grow the model for the step's new classes (structure only; resume replays it)."""
         self.model.head.expand(step.num_new)
 
-    def begin_step(self, step: Step, trainer: "Trainer") -> None:
+    def begin_step(self, ctx: StepContext) -> None:
         """Called before training a step, after :meth:`expand`; keeps the previous model for distillation.
-        ``trainer`` gives access to the data (e.g. ``trainer.embed_classes`` for weight imprinting)."""
-        self.old_model = frozen_copy(self.model) if step.index > 0 else None
+        ``ctx`` gives the step's data (e.g. ``ctx.embed_classes`` for weight imprinting)."""
+        self.old_model = frozen_copy(self.model) if ctx.step.index > 0 else None
 
     def forward(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
         return self.model(x)
@@ -115,7 +87,7 @@ class Method:
     def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def main_phase(self, phase: "Phase", step: Step) -> "Phase":
+    def main_phase(self, phase: Phase, step: Step) -> Phase:
         """The step's main training phase, built from ``train:``; a method may adjust it (e.g. warmup)."""
         return phase
 
@@ -130,8 +102,14 @@ class Method:
         """Features for herding and class means; the same space as ``eval_logits``'s features."""
         return self.eval_logits(x)["features"]
 
-    def after_step(self, step: Step, trainer: "Trainer") -> None:
-        """Optional phase after the main training and the memory update (e.g. classifier finetuning)."""
+    def after_step(self, ctx: StepContext) -> None:
+        """Optional phases after the main training and the memory update (e.g. classifier finetuning)."""
+
+    def extra_phase(self, name: str, indices: torch.Tensor, epochs: int, lr: float, loss_fn: LossFn, params: list[torch.Tensor], **options: Any) -> Phase:
+        """A phase of the method's own (classifier finetuning, balanced re-training) with the main
+        training's momentum and weight decay unless ``options`` say otherwise."""
+        options = {"momentum": self.cfg.train.momentum, "weight_decay": self.cfg.train.weight_decay, **options}
+        return Phase(name=name, indices=indices, epochs=epochs, lr=lr, loss_fn=loss_fn, param_groups=[{"params": params}], **options)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict()}

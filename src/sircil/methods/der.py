@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -31,12 +31,11 @@ import torch.nn.functional as F
 from ..config import Config, ConfigError, MethodConfig
 from ..data.datasets import DatasetSpec
 from ..data.memory import balanced_subset
-from ..sir import frequency_margins
+from ..plugins.sir import frequency_margins
+from ..training.context import StepContext
+from ..training.phase import Phase, Step
 from . import register_method
-from .base import Method, Step, classification_loss
-
-if TYPE_CHECKING:
-    from ..trainer import Phase, Trainer
+from .base import Method, classification_loss
 
 
 @dataclass
@@ -155,19 +154,19 @@ class DER(Method):
     def expand(self, step: Step) -> None:
         self.model.expand(step.num_new, step.num_seen, grow=step.index > 0)
 
-    def begin_step(self, step: Step, trainer: "Trainer") -> None:
+    def begin_step(self, ctx: StepContext) -> None:
         # No old model: DER distils nothing, and a copy of every extractor would double the memory.
+        step = ctx.step
         self.aux_offset = None
-        sir = trainer.sir
-        if sir is not None and self.options.sir_aux and step.index > 0:
-            counts = sir.counts[: step.num_seen]
+        if self.cfg.sir.enabled and self.options.sir_aux and step.index > 0:
+            counts = ctx.class_counts()
             aux_counts = torch.cat([counts[: step.num_old].sum().view(1), counts[step.start: step.end]])
             self.aux_offset = self.cfg.sir.fc * frequency_margins(aux_counts)
         total = sum(p.numel() for p in self.model.parameters())
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        trainer.log.info("DER: %d extractor(s), %d parameters, %d of them trained", len(self.model.extractors), total, trainable)
+        ctx.log.info("DER: %d extractor(s), %d parameters, %d of them trained", len(self.model.extractors), total, trainable)
 
-    def main_phase(self, phase: "Phase", step: Step) -> "Phase":
+    def main_phase(self, phase: Phase, step: Step) -> Phase:
         warmup = self.options.warmup_epochs
         if warmup == 0 or (step.index == 0 and not self.options.warmup_base):
             return phase
@@ -192,17 +191,13 @@ class DER(Method):
             terms["aux"] = self.options.aux_weight * auxiliary_loss(aux, y, step.start)
         return terms
 
-    def after_step(self, step: Step, trainer: "Trainer") -> None:
+    def after_step(self, ctx: StepContext) -> None:
         """Classifier re-training from scratch on a class-balanced undersample of the step's data."""
-        o = self.options
+        o, step, model = self.options, ctx.step, self.model
         if step.index == 0 or o.balanced_epochs == 0:
             return
-        from ..trainer import Phase, derive_seed
-
-        model = self.model
-        generator = torch.Generator(device=trainer.device).manual_seed(derive_seed(self.cfg.seed, "balanced", step.index))
-        indices = balanced_subset(trainer.step_indices, trainer.train_split.labels, generator)
-        trainer.log.info("DER: classifier re-trained on %d images, %d per class", indices.numel(), indices.numel() // step.num_seen)
+        indices = balanced_subset(ctx.indices, ctx.labels, ctx.generator("balanced"))
+        ctx.log.info("DER: classifier re-trained on %d images, %d per class", indices.numel(), indices.numel() // step.num_seen)
         model.classifier.reset_parameters()
 
         def loss_fn(x: torch.Tensor, y: torch.Tensor):
@@ -211,19 +206,7 @@ class DER(Method):
             logits = model.classifier(features)
             return {"ce": F.cross_entropy(logits / o.balanced_temperature, y)}, logits
 
-        trainer.fit(
-            Phase(
-                name="balanced",
-                indices=indices,
-                epochs=o.balanced_epochs,
-                lr=o.balanced_lr,
-                loss_fn=loss_fn,
-                param_groups=[{"params": [model.classifier.weight]}],
-                scheduler="step",
-                milestones=list(o.balanced_milestones),
-                momentum=self.cfg.train.momentum,
-                weight_decay=self.cfg.train.weight_decay,
-                train_mode=model.eval,
-            ),
-            step,
-        )
+        ctx.fit(self.extra_phase(
+            "balanced", indices, o.balanced_epochs, o.balanced_lr, loss_fn, [model.classifier.weight],
+            scheduler="step", milestones=list(o.balanced_milestones), train_mode=model.eval,
+        ))

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from ..config import MethodConfig
+from ..training.phase import Step
 from . import register_method
-from .base import Method, Step, classification_loss
+from .base import Method, classification_loss
 
 
 @dataclass

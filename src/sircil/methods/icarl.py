@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from ..config import MethodConfig
+from ..training.context import HeadSpec
+from ..training.phase import Step
 from . import register_method
-from .base import Method, Step
+from .base import Method
 
 
 @dataclass
@@ -50,7 +52,7 @@ class ICaRL(Method):
     name = "icarl"
     Config = ICaRLConfig
     has_nme = True
-    sir_head = "sigmoid"
+    head = HeadSpec(kind="sigmoid")
 
     def forward(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
         out = self.model(x)

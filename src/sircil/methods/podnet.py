@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -24,11 +24,10 @@ import torch.nn.functional as F
 
 from ..config import Config, ConfigError, MethodConfig
 from ..models.cosine import CosineClassifier, ScaledCosineNet, kmeans, old_classes_frozen
+from ..training.context import HeadSpec, StepContext
+from ..training.phase import Step
 from . import register_method
-from .base import Method, Step
-
-if TYPE_CHECKING:
-    from ..trainer import Trainer
+from .base import Method
 
 
 @dataclass
@@ -91,19 +90,19 @@ class PODNet(Method):
     name = "podnet"
     Config = PODNetConfig
     has_nme = True
-    sir_scale = "scale"
-    sir_head = "cosine"
+    head = HeadSpec(scale="scale", kind="cosine")
 
     def build_model(self) -> nn.Module:
         backbone = self.build_backbone()
         head = CosineClassifier(self.feature_dim, proxies=self.options.proxies, similarity="neg_squared_distance")
         return ScaledCosineNet(backbone, head, min_scale=self.options.min_scale, return_maps=True)
 
-    def begin_step(self, step: Step, trainer: "Trainer") -> None:
-        super().begin_step(step, trainer)
+    def begin_step(self, ctx: StepContext) -> None:
+        super().begin_step(ctx)
+        step = ctx.step
         if step.index > 0:
-            feats = trainer.embed_classes(range(step.start, step.end))
-            generator = torch.Generator(device=trainer.device).manual_seed(step.index)
+            feats = ctx.embed_classes(range(step.start, step.end))
+            generator = torch.Generator(device=ctx.device).manual_seed(step.index)
             self.model.head.imprint([kmeans(feats[k], self.options.proxies, generator) for k in range(step.start, step.end)])
 
     def param_groups(self, step: Step) -> list[dict[str, Any]]:
@@ -125,16 +124,13 @@ class PODNet(Method):
             terms["pod_flat"] = self.options.pod_flat * adaptive * pod_flat_loss(out["features"], out["old_features"])
         return terms
 
-    def after_step(self, step: Step, trainer: "Trainer") -> None:
+    def after_step(self, ctx: StepContext) -> None:
         """Class-balanced finetuning of the classifier's proxies on the memory (official ``tuning:
         classifier``: the learned scale is used, not trained; the network in training mode, so its
         BatchNorm statistics follow the memory batches unless ``method.finetune_frozen_bn``)."""
-        o = self.options
+        o, step, model = self.options, ctx.step, self.model
         if step.index == 0 or o.finetune_epochs == 0:
             return
-        from ..trainer import Phase
-
-        model = self.model
 
         def frozen_bn() -> None:
             model.eval()
@@ -146,19 +142,9 @@ class PODNet(Method):
             logits = scale * out["similarities"]
             return {"nca": nca_loss(logits, y, o.nca_margin * scale)}, logits
 
-        trainer.fit(
-            Phase(
-                name="finetune",
-                indices=trainer.memory.indices().to(trainer.device),
-                epochs=o.finetune_epochs,
-                lr=o.finetune_lr,
-                loss_fn=loss_fn,
-                param_groups=[{"params": list(model.head.parameters())}],
-                scheduler="constant",
-                momentum=self.cfg.train.momentum,
-                weight_decay=self.cfg.train.weight_decay,
-                grad_clip_value=self.cfg.train.grad_clip_value,  # the official clipping hooks stay on
-                train_mode=frozen_bn if o.finetune_frozen_bn else None,
-            ),
-            step,
-        )
+        ctx.fit(self.extra_phase(
+            "finetune", ctx.memory_indices(), o.finetune_epochs, o.finetune_lr, loss_fn, list(model.head.parameters()),
+            scheduler="constant",
+            grad_clip_value=self.cfg.train.grad_clip_value,  # the official clipping hooks stay on
+            train_mode=frozen_bn if o.finetune_frozen_bn else None,
+        ))

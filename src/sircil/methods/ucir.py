@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -26,11 +26,10 @@ import torch.nn.functional as F
 from ..config import Config, ConfigError, MethodConfig
 from ..data.memory import balanced_subset
 from ..models.cosine import CosineClassifier, ScaledCosineNet, old_classes_frozen
+from ..training.context import HeadSpec, StepContext
+from ..training.phase import Step
 from . import register_method
-from .base import Method, Step
-
-if TYPE_CHECKING:
-    from ..trainer import Trainer
+from .base import Method
 
 
 @dataclass
@@ -79,17 +78,17 @@ class UCIR(Method):
     name = "ucir"
     Config = UCIRConfig
     has_nme = True
-    sir_scale = "scale"
-    sir_head = "cosine"
+    head = HeadSpec(scale="scale", kind="cosine")
 
     def build_model(self) -> nn.Module:
         backbone = self.build_backbone()
         return ScaledCosineNet(backbone, CosineClassifier(self.feature_dim))
 
-    def begin_step(self, step: Step, trainer: "Trainer") -> None:
-        super().begin_step(step, trainer)
+    def begin_step(self, ctx: StepContext) -> None:
+        super().begin_step(ctx)
+        step = ctx.step
         if step.index > 0:
-            feats = trainer.embed_classes(range(step.start, step.end))
+            feats = ctx.embed_classes(range(step.start, step.end))
             self.model.head.imprint([feats[k].mean(0, keepdim=True) for k in range(step.start, step.end)])
 
     def param_groups(self, step: Step) -> list[dict[str, Any]]:
@@ -111,18 +110,14 @@ class UCIR(Method):
             terms["margin_ranking"] = o.ranking_weight * margin_ranking_loss(out["similarities"], y, step.num_old, o.hard_negatives, o.margin)
         return terms
 
-    def after_step(self, step: Step, trainer: "Trainer") -> None:
+    def after_step(self, ctx: StepContext) -> None:
         """Class-balanced finetuning (the official ``cbf_`` variant): the class weights alone, old and
         new, on the exemplar memory, which the official code holds at m per class (``balanced_subset``
         keeps it exact should a class have fewer images than m)."""
-        o = self.options
+        o, step, model = self.options, ctx.step, self.model
         if step.index == 0 or o.cbf_epochs == 0:
             return
-        from ..trainer import Phase, derive_seed
-
-        model = self.model
-        generator = torch.Generator(device=trainer.device).manual_seed(derive_seed(self.cfg.seed, "cbf", step.index))
-        indices = balanced_subset(trainer.memory.indices().to(trainer.device), trainer.train_split.labels, generator)
+        indices = balanced_subset(ctx.memory_indices(), ctx.labels, ctx.generator("cbf"))
 
         def loss_fn(x: torch.Tensor, y: torch.Tensor):
             # The official loss is the main one. Its less-forget term compares features of a backbone
@@ -135,20 +130,8 @@ class UCIR(Method):
             margin = margin_ranking_loss(similarities, y, step.num_old, o.hard_negatives, o.margin)
             return {"ce": F.cross_entropy(logits, y), "margin_ranking": o.ranking_weight * margin}, logits
 
-        trainer.fit(
-            Phase(
-                name="cbf",
-                indices=indices,
-                epochs=o.cbf_epochs,
-                lr=o.cbf_lr,
-                loss_fn=loss_fn,
-                param_groups=[{"params": list(model.head.weights)}],
-                scheduler="step",
-                milestones=list(o.cbf_milestones),
-                lr_decay=self.cfg.train.lr_decay,
-                momentum=self.cfg.train.momentum,
-                weight_decay=self.cfg.train.weight_decay,
-                train_mode=model.eval,  # the official fix_bn: BatchNorm statistics fixed
-            ),
-            step,
-        )
+        ctx.fit(self.extra_phase(
+            "cbf", indices, o.cbf_epochs, o.cbf_lr, loss_fn, list(model.head.weights),
+            scheduler="step", milestones=list(o.cbf_milestones), lr_decay=self.cfg.train.lr_decay,
+            train_mode=model.eval,  # the official fix_bn: BatchNorm statistics fixed
+        ))

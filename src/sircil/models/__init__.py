@@ -6,6 +6,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from ..config import Config, register_check, require
+
 from .classifiers import IncrementalLinear
 from .resnet import CifarResNet, ResNet18
 
@@ -28,6 +30,18 @@ def _resnet18_options(last_relu: bool = True, zero_init_residual: bool = False, 
 
 def build_backbone(name: str, in_channels: int, **options) -> nn.Module:
     return BACKBONES[name](in_channels, **options)
+
+
+@register_check
+def check_backbone(cfg: Config) -> None:
+    m = cfg.model
+    require(m.backbone in BACKBONES, f"model.backbone must be one of {sorted(BACKBONES)}, got {m.backbone!r}")
+    if m.backbone.startswith("resnet18"):
+        for key, value in RESNET18_FIXED.items():
+            require(
+                getattr(m, key) == value,
+                f"model.{key}={getattr(m, key)!r} is a CIFAR-ResNet option; {m.backbone} needs model.{key}={value!r}",
+            )
 
 
 __all__ = ["BACKBONES", "RESNET18_FIXED", "build_backbone", "CifarResNet", "IncrementalLinear", "ResNet18"]

@@ -1,7 +1,7 @@
 """SIR, Self-Paced Imbalance Rectification (Liu, Zhu, Cao, arXiv 2202.03703), as a plug-in.
 
 SIR changes only the logits that a method's classification loss sees during training
-(the method names them in ``Method.sir_logits``); inference uses the raw logits. Its
+(the method names them in its ``HeadSpec``); inference uses the raw logits. Its
 state is rebuilt at every step from the step's actual training set, so it adapts by
 itself to any memory size or budget policy. The three parts, each with its own switch
 (see docs/sir.md and ../shared/docs/SIR_METHOD.md):
@@ -14,11 +14,18 @@ itself to any memory size or budget policy. The three parts, each with its own s
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+import logging
+
+from typing import Any, Callable
 
 import torch
 
-from .config import SIRConfig
+from ..config import Config, SIRConfig
+from ..training.context import HeadSpec, StepContext
+from ..training.evaluation import mean_logits
+from ..training.phase import Step
+from .base import Outputs, TrainPlugin, register_plugin
 
 
 def frequency_margins(counts: torch.Tensor) -> torch.Tensor:
@@ -121,3 +128,54 @@ class SIR:
         block = self.similarity[:num_old, num_old:]
         values, flat = block.flatten().topk(min(k, block.numel()))
         return [(int(i) // block.shape[1], num_old + int(i) % block.shape[1], float(v)) for v, i in zip(values, flat)]
+
+
+class SIRPlugin(TrainPlugin):
+    """SIR wired into training: per step from the step's data, per batch on the method's head."""
+
+    label = "SIR"
+
+    def __init__(self, cfg: SIRConfig):
+        self.sir = SIR(cfg)
+        self.head = HeadSpec()
+        self.log: logging.Logger = logging.getLogger(__name__)
+
+    def begin_step(self, ctx: StepContext, head: HeadSpec) -> None:
+        step, sir = ctx.step, self.sir
+        self.head, self.log = head, ctx.log
+        sir.begin_step(step.index, step.num_old, step.num_seen, ctx.step_labels, ctx.class_steps, lambda: ctx.embed_indices(ctx.indices))
+        ctx.log.info("SIR: counts %s -> training offsets %s", sir.counts.tolist()[: step.num_seen], [round(v, 3) for v in sir.offset.tolist()])
+        pairs = sir.top_pairs(step.num_old)
+        if not pairs or not ctx.is_main:
+            return
+        names = ctx.class_names
+        ctx.log.info(
+            "SIR IT: most similar old/new pairs in the old model: %s",
+            ", ".join(f"{names[a]} ~ {names[b]} ({v:.2f})" for a, b, v in pairs),
+        )
+        entry = {"similarity": sir.similarity.cpu(), "num_old": step.num_old, "class_names": names[: step.num_seen]}
+        ctx.save_artifact("sir_similarity.pt", lambda saved: {**(saved or {}), step.index: entry})
+
+    def adjust(self, out: Outputs, y: torch.Tensor) -> Outputs:
+        head = self.head
+        scale = out[head.scale] if head.scale else 1.0
+        out[head.logits] = self.sir.adjust(out[head.logits], y, scale, head.kind)
+        weights = self.sir.sample_weights(y) if head.kind == "sigmoid" else None
+        if weights is not None:
+            out["sample_weight"] = weights
+        return out
+
+    def record(self, logits: torch.Tensor, labels: torch.Tensor, step: Step) -> dict[str, Any]:
+        """The old/new logit bias as SIR's training adjustment leaves it (the bias it rectifies)."""
+        old, new = mean_logits(self.sir.adjust(logits, labels, head=self.head.kind), step.start)
+        self.log.info("step %d: bias old - new %.3f with SIR's training adjustment", step.index, old - new)
+        return {"logit_bias_old_minus_new_sir_view": old - new}
+
+    def cache_key(self, counts: list[int]) -> Any:
+        # SIR is a no-op on a base step whose classes are equally frequent: only then may runs share it
+        return dataclasses.asdict(self.sir.cfg) if len(set(counts)) > 1 else None
+
+
+@register_plugin("sir")
+def build_sir(cfg: Config) -> SIRPlugin | None:
+    return SIRPlugin(cfg.sir) if cfg.sir.enabled else None

@@ -1,0 +1,98 @@
+"""SS-IL (Ahn et al., "SS-IL: Separated Softmax for Incremental Learning", ICCV 2021).
+
+Recipe of the official code (hongjoon0805/SS-IL-Official, ``trainer/ssil.py``): every batch
+holds B new-class samples and R replayed exemplars (ratio-preserving, R = 32 for B = 128);
+separated softmax: the new samples' cross-entropy over the new classes' logits only, the
+replayed samples' over the old classes' only, summed and divided by B + R; task-wise
+knowledge distillation: for each earlier task, KL between the old and the new model's
+softmax over that task's logits at T = 2, times T^2, summed over the tasks, on every sample.
+Inference: one softmax over every class seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Config, ConfigError, MethodConfig
+from ..data.datasets import DatasetSpec
+from ..training.context import StepContext
+from ..training.phase import Phase, Step
+from . import register_method
+from .base import Method
+
+
+@dataclass
+class SSILConfig(MethodConfig):
+    name: str = "ssil"
+    replay_batch: int = 32  # R, replayed exemplars added to every batch of train.batch_size new samples
+    temperature: float = 2.0
+
+    def validate(self, cfg: Config) -> None:
+        if self.replay_batch < 1 or self.temperature <= 0:
+            raise ConfigError(f"method.replay_batch must be >= 1 and method.temperature > 0, got {self.replay_batch}, {self.temperature}")
+
+
+def separated_softmax_loss(logits: torch.Tensor, y: torch.Tensor, num_old: int) -> torch.Tensor:
+    """SS-IL Eq. 4: CE over the new classes' logits for new samples, over the old classes' for replayed
+    ones (y < num_old), averaged over the whole batch."""
+    new = F.cross_entropy(logits[:, num_old:], (y - num_old).clamp(min=0), reduction="none")
+    if num_old == 0:
+        return new.mean()
+    old = F.cross_entropy(logits[:, :num_old], y.clamp(max=num_old - 1), reduction="none")
+    # a mask, not boolean indexing, keeps the batch shape static (no host sync)
+    return torch.where(y < num_old, old, new).mean()
+
+
+def task_wise_distillation(logits: torch.Tensor, old_logits: torch.Tensor, tasks: list[tuple[int, int]], temperature: float) -> torch.Tensor:
+    """SS-IL Eq. 5: sum over earlier tasks of T^2 KL(softmax(old / T) || softmax(new / T)) on that task's classes, batch mean."""
+    total = logits.new_zeros(())
+    for start, end in tasks:
+        target = F.softmax(old_logits[:, start:end].float() / temperature, dim=1)
+        log_q = F.log_softmax(logits[:, start:end].float() / temperature, dim=1)
+        total = total + F.kl_div(log_q, target, reduction="batchmean") * temperature**2
+    return total
+
+
+@register_method
+class SSIL(Method):
+    name = "ssil"
+    Config = SSILConfig
+
+    def __init__(self, cfg: Config, spec: DatasetSpec):
+        super().__init__(cfg, spec)
+        self.tasks: list[tuple[int, int]] = []  # the class range of every step so far
+        self.new_indices: torch.Tensor | None = None
+        self.replay_indices: torch.Tensor | None = None
+
+    def expand(self, step: Step) -> None:
+        super().expand(step)
+        self.tasks = [t for t in self.tasks if t[0] < step.start] + [(step.start, step.end)]
+
+    def begin_step(self, ctx: StepContext) -> None:
+        super().begin_step(ctx)
+        step = ctx.step
+        self.new_indices = ctx.indices[ctx.step_labels >= step.start]
+        self.replay_indices = ctx.indices[ctx.step_labels < step.start]
+
+    def main_phase(self, phase: Phase, step: Step) -> Phase:
+        """New samples in batches of train.batch_size, each with ``replay_batch`` exemplars (none in the base step)."""
+        if step.num_old == 0:
+            return phase
+        return dataclasses.replace(phase, indices=self.new_indices, replay_indices=self.replay_indices, replay_batch=self.options.replay_batch)
+
+    def forward(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
+        out = self.model(x)
+        if self.old_model is not None:
+            with torch.no_grad():
+                out["old_logits"] = self.old_model(x)["logits"][:, : step.num_old]
+        return out
+
+    def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
+        terms = {"separated_ce": separated_softmax_loss(out["logits"], y, step.num_old)}
+        if step.num_old > 0:
+            terms["task_kd"] = task_wise_distillation(out["logits"], out["old_logits"], self.tasks[:-1], self.options.temperature)
+        return terms

@@ -1,0 +1,58 @@
+"""Logit adjustment (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021).
+
+The prior correction from the step's class counts alone: z~_k = z_k + tau log(n_k / n_max)
+on the logits the method's classification loss sees ("loss" mode; tau = 1 is the balanced
+softmax of Ren et al. 2020), or z_k - tau log(n_k / n_max) at inference after ordinary
+training ("post_hoc" mode). log(n_k / n_max) differs from the paper's log prior log(n_k / N)
+by one constant per sample, which a softmax ignores; with it, equally frequent classes get no
+offset on any head. It is SIR's frequency compensation without chronological attenuation,
+inheritance transfer or SIR's per-head units: the natural ablation of SIR.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from ..config import Config, LogitAdjustmentConfig
+from ..training.context import HeadSpec, StepContext
+from .base import Outputs, TrainPlugin, register_plugin
+from .sir import frequency_margins
+
+
+class LogitAdjustment(TrainPlugin):
+    label = "LA"
+
+    def __init__(self, cfg: LogitAdjustmentConfig):
+        self.cfg = cfg
+        self.head = HeadSpec()
+        self.offset: torch.Tensor | None = None
+
+    def begin_step(self, ctx: StepContext, head: HeadSpec) -> None:
+        self.head = head
+        self.offset = self.cfg.tau * frequency_margins(ctx.class_counts())
+        ctx.log.info("logit adjustment (%s): offsets %s", self.cfg.mode, [round(v, 3) for v in self.offset.tolist()])
+
+    def adjust(self, out: Outputs, y: torch.Tensor) -> Outputs:
+        if self.cfg.mode == "loss":
+            logits = out[self.head.logits]
+            out[self.head.logits] = logits + self.offset.to(logits.dtype)
+        return out
+
+    def adjust_inference(self, out: Outputs) -> Outputs:
+        if self.cfg.mode == "post_hoc":
+            logits = out["logits"]
+            # classes beyond the step's (a model evaluated on fewer classes) keep their logits
+            out["logits"] = torch.cat([logits[:, : self.offset.numel()] - self.offset.to(logits.dtype), logits[:, self.offset.numel():]], 1)
+        return out
+
+    def cache_key(self, counts: list[int]) -> Any:
+        trains_differently = self.cfg.mode == "loss" and len(set(counts)) > 1
+        return dataclasses.asdict(self.cfg) if trains_differently else None
+
+
+@register_plugin("logit_adjustment")
+def build_logit_adjustment(cfg: Config) -> LogitAdjustment | None:
+    return LogitAdjustment(cfg.logit_adjustment) if cfg.logit_adjustment.enabled else None

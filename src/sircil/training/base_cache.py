@@ -1,0 +1,80 @@
+"""The base-step cache key: exactly what a trained base model depends on.
+
+Runs that differ only after the base step (memory size, later steps, SIR on equally frequent
+base classes, evaluation settings) share one trained base model. Every config field is either
+in the key or excluded here with its reason; a test classifies every field, so a new option
+cannot silently reuse a stale base model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+from .. import __version__
+from ..config import Config, non_default
+
+# Sections keyed whole (their non-default fields): the base step's data, network and method.
+KEYED_SECTIONS = ("data", "model", "method")
+# Fields keyed one by one (train.* ones as the base step resolves them: base_epochs or epochs, ...).
+KEYED_FIELDS = (
+    "seed", "scenario.base_classes",
+    "train.epochs", "train.base_epochs", "train.lr", "train.base_lr", "train.milestones", "train.base_milestones",
+    "train.batch_size", "train.momentum", "train.weight_decay", "train.base_weight_decay", "train.scheduler", "train.lr_decay",
+    "train.channels_last", "train.grad_clip_value", "train.precision", "train.device",
+)
+EXCLUDED = {
+    "cache_dir": "where the cache lives",
+    "scenario.steps": "the base step trains the base classes, whatever follows",
+    "memory.per_class": "the base step trains on no memory",
+    "memory.total": "the base step trains on no memory",
+    "memory.selection": "exemplars are chosen after the base step's training",
+    "train.eval_batch_size": "evaluation only",
+    "train.threads": "speed only",
+    "train.checkpoint_every": "mid-step checkpoints only",
+    "train.compile": "float rounding only (tests/test_compile.py)",
+}
+# Plug-in sections (sir, ...) are keyed by what each plug-in's ``cache_key`` returns.
+
+
+class KeyedPlugin(Protocol):
+    def cache_key(self, counts: list[int]) -> Any: ...
+
+
+def base_cache_key(cfg: Config, device_type: str, counts: list[int], plugins: dict[str, KeyedPlugin]) -> dict[str, Any]:
+    tc = cfg.train
+    train = {
+        "epochs": tc.base_epochs or tc.epochs, "lr": tc.base_lr or tc.lr,
+        "milestones": tc.base_milestones if tc.base_milestones is not None else tc.milestones,
+        "batch_size": tc.batch_size, "momentum": tc.momentum,
+        "weight_decay": tc.base_weight_decay if tc.base_weight_decay is not None else tc.weight_decay, "scheduler": tc.scheduler,
+        "lr_decay": tc.lr_decay, "channels_last": tc.channels_last, "grad_clip_value": tc.grad_clip_value, "precision": tc.precision,
+    }
+    key: dict[str, Any] = {  # options at their defaults are left out, so that a new option leaves existing keys valid
+        "sircil": __version__,
+        "seed": cfg.seed,
+        "data": non_default(cfg.data),
+        "model": non_default(cfg.model),
+        "method": {"name": cfg.method.name, **non_default(cfg.method)},
+        "base_classes": cfg.scenario.base_classes,
+        "train": {k: v for k, v in train.items() if (k, v) not in (("grad_clip_value", None), ("precision", "fp32"))},
+        "device": device_type,
+        # "sir" is always present, as in the keys made before SIR became a plug-in, so those caches stay valid
+        "sir": None,
+    }
+    for section, plugin in plugins.items():
+        value = plugin.cache_key(counts)
+        if value is not None or section == "sir":
+            key[section] = value
+    return key
+
+
+def base_cache_path(cfg: Config, device_type: str, counts: list[int], plugins: dict[str, KeyedPlugin]) -> Path | None:
+    """Cache file of the trained base model, or None without ``cache_dir``."""
+    if cfg.cache_dir is None:
+        return None
+    key = base_cache_key(cfg, device_type, counts, plugins)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return Path(cfg.cache_dir) / f"base-{cfg.method.name}-{digest}.pt"
