@@ -13,6 +13,7 @@ import torch
 from sircil.config import METHOD_CONFIGS
 from sircil.data.datasets import dataset_spec
 from sircil.methods import METHODS
+from sircil.plugins import PLUGINS
 from sircil.training.context import HeadSpec
 from sircil.training.phase import Step
 
@@ -38,9 +39,11 @@ def example(marker: str, module: str):
 
 @pytest.fixture
 def registries_restored():
-    before = dict(METHODS), dict(METHOD_CONFIGS)
+    """The examples register themselves; later tests must not meet them."""
+    registries = (METHODS, METHOD_CONFIGS, PLUGINS)
+    before = [dict(r) for r in registries]
     yield
-    for registry, saved in zip((METHODS, METHOD_CONFIGS), before):
+    for registry, saved in zip(registries, before):
         registry.clear()
         registry.update(saved)
 
@@ -59,9 +62,10 @@ def test_the_method_example_registers_and_trains_a_step(registries_restored):
     sum(terms.values()).backward()
 
 
-def test_the_plugin_example_adjusts_the_old_classes_logits():
+def test_the_plugin_example_adjusts_the_old_classes_logits(registries_restored):
     mod = example("class OldBonus", "sircil.plugins.old_bonus")
     plugin = mod.OldBonus(1.5)
     plugin.begin_step(step_context(Step(1, 2, 4), torch.zeros(0, dtype=torch.long)), HeadSpec(logits="scaled"))
     out = plugin.adjust({"scaled": torch.zeros(2, 4)}, torch.tensor([0, 3]))
     assert out["scaled"].tolist() == [[1.5, 1.5, 0.0, 0.0]] * 2
+    assert "old_bonus" in PLUGINS  # registered as the doc says (and removed again by the fixture)

@@ -165,4 +165,4 @@ def test_enabled_alone_is_the_whole_method():
 
     sir = config_from_dict({"sir": {"enabled": True}}).sir
     assert sir.fc > 0 and sir.ca < 1 and sir.it > 0  # FC, CA and IT all on
-    assert sir.cosine_scale is not None and sir.sigmoid == "margin"  # the head rules the screen chose
+    assert sir.cosine_scale is not None and sir.sigmoid == "weight"  # the head rules the screen and the grid chose
