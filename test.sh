@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite (CPU only, about 15 minutes on 2 cores): sets up .venv and the data, then runs pytest.
+# The test suite (CPU only, about 17 minutes on 2 cores): sets up .venv and the data, then runs pytest.
 set -euo pipefail
 source "$(dirname "$0")/scripts/setup-env.sh"
 cd "$ROOT"
