@@ -109,3 +109,20 @@ def test_method_options_are_typed_per_method(tmp_path):
         load_config(path, ["method.name=ucir"])
     with pytest.raises(ConfigError, match="method.proxies must be >= 1"):
         load_config(path, ["method.proxies=0"])
+
+
+def test_hash_counts_only_what_can_change_the_results():
+    """A switched-off plug-in's options and a SIR head rule for another kind of head leave the
+    hash alone; a changed default keeps finished runs' hashes (config.FIRST_DEFAULTS)."""
+    from sircil.config import config_from_dict
+
+    def h(**sections):
+        return config_from_dict(sections).hash()
+
+    plain = h(method={"name": "finetune"})
+    assert h(method={"name": "finetune"}, sir={"enabled": False, "fc": 0.3}, logit_adjustment={"tau": 2.0}) == plain
+    assert h(method={"name": "finetune"}, sir={"enabled": True, "fc": 0.3}) != plain
+    linear = h(method={"name": "finetune"}, sir={"enabled": True})
+    assert h(method={"name": "finetune"}, sir={"enabled": True, "cosine_scale": None, "sigmoid": "margin"}) == linear
+    assert h(method={"name": "podnet"}, sir={"enabled": True, "cosine_scale": None}) != h(method={"name": "podnet"}, sir={"enabled": True})
+    assert h(method={"name": "icarl"}, sir={"enabled": True, "sigmoid": "margin"}) != h(method={"name": "icarl"}, sir={"enabled": True})

@@ -204,3 +204,18 @@ def test_run_states_survive_the_workers_json_reports():
         "UCIR_m1_seed1993: failed: TrainingError: non-finite loss"
     )
     assert describe({"run": "r", "status": RunState.FINISHED}) == "r: skipped (finished)"
+
+
+def test_archived_grid_runs_keep_their_hashes(fashion_root):
+    """The archived evidence grid is resumed by hash: every archived run's config must still hash
+    to what it recorded, across option additions and changed defaults (config.FIRST_DEFAULTS)."""
+    from pathlib import Path
+
+    from sircil.config import config_from_dict
+
+    runs = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "fashion_mnist_full" / "runs").iterdir())
+    assert len(runs) >= 27
+    for run in runs:
+        raw = yaml.safe_load((run / "config.yaml").read_text())
+        recorded = json.loads((run / "metrics.json").read_text())["config_hash"]
+        assert config_from_dict(raw).hash() == recorded, run.name

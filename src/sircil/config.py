@@ -249,6 +249,14 @@ class Config:
         them changed."""
         content = non_default(self, FIRST_DEFAULTS)
         content.pop("cache_dir", None)
+        for section in PLUGIN_SECTIONS:  # a plug-in that is off is not built: its options change nothing
+            if not getattr(self, section).enabled:
+                content.pop(section, None)
+        for dotted in UNUSED_BY_METHOD.get(self.method.name, ()):  # e.g. SIR's cosine-head rule on a linear head
+            section, key = dotted.split(".")
+            content.get(section, {}).pop(key, None)
+            if section in content and not content[section]:
+                content.pop(section)
         for key in ("threads", "checkpoint_every", "compile"):
             content.get("train", {}).pop(key, None)
         content.setdefault("method", {})["name"] = self.method.name
@@ -365,6 +373,11 @@ BOOLEAN_WORDS = {"train.compile": {False: "off", True: "default"}}
 
 # method name -> its options' class, filled by the method registry (methods/__init__.py)
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
+# method name -> options of other sections that cannot act on it (a head rule for another kind
+# of head), left out of its runs' hashes; filled by the method registry
+UNUSED_BY_METHOD: dict[str, tuple[str, ...]] = {}
+# sections of training plug-ins, each switched by its ``enabled``
+PLUGIN_SECTIONS = ("sir", "logit_adjustment")
 
 
 def method_config_class(name: str) -> type[MethodConfig]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from ..config import METHOD_CONFIGS, ConfigError
+from ..config import METHOD_CONFIGS, UNUSED_BY_METHOD, ConfigError
 from ..training.phase import Step
 from .base import Method
 
@@ -16,7 +16,12 @@ def register_method(cls: M) -> M:
     """Makes ``method.name: <cls.name>`` build ``cls`` and read its options as ``cls.Config``."""
     METHODS[cls.name] = cls
     METHOD_CONFIGS[cls.name] = cls.Config
+    UNUSED_BY_METHOD[cls.name] = tuple(f"sir.{key}" for kind, key in SIR_HEAD_RULES.items() if kind != cls.head.kind)
     return cls
+
+
+# SIR's options that act on one kind of head only
+SIR_HEAD_RULES = {"cosine": "cosine_scale", "sigmoid": "sigmoid"}
 
 
 def method_class(name: str) -> type[Method]:
