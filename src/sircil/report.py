@@ -20,8 +20,7 @@ from typing import Any
 
 import yaml
 
-from .config import LogitAdjustmentConfig, SIRConfig
-from .methods import METHODS
+from .config import UNUSED_BY_METHOD, LogitAdjustmentConfig, SIRConfig
 from .paper import PAPER_AVERAGE_INCREMENTAL_ACCURACY
 from .runfolder import atomic_write_bytes, atomic_write_text
 
@@ -43,19 +42,12 @@ def method_label(config: dict[str, Any]) -> str:
     defaults = dataclasses.asdict(SIRConfig())
     sir = {**defaults, **sir}  # a part left out of the file is at its default
     parts = [p for p, on in (("FC", sir["fc"] > 0), ("CA", sir["ca"] < 1), ("IT", sir["it"] > 0)) if on]
-    rules = "".join(f"({key}={sir[key]})" for key in HEAD_RULES.get(head_kind(name), ()) if sir[key] != defaults[key])
+    unused = UNUSED_BY_METHOD.get(name, ("sir.cosine_scale", "sir.sigmoid"))  # head rules that cannot act on this method
+    rules = "".join(f"({key}={sir[key]})" for key in ("cosine_scale", "sigmoid") if f"sir.{key}" not in unused and sir[key] != defaults[key])
     if len(parts) == 3:
         plain = label == NAMES.get(name, name) and not rules
         return WITH_SIR.get(name, f"{label}+SIR") if plain else f"{label}+SIR{rules}"
     return f"{label}+SIR[{'+'.join(parts) or 'none'}]{rules}"
-
-
-# SIR's options that act on one kind of head only (a run on another head ignores them)
-HEAD_RULES = {"cosine": ("cosine_scale",), "sigmoid": ("sigmoid",)}
-
-
-def head_kind(method: str) -> str:
-    return METHODS[method].head.kind if method in METHODS else "linear"
 
 
 def logit_adjustment_suffix(la: dict[str, Any]) -> str:

@@ -167,8 +167,10 @@ class Trainer:
         base-step training left it there. Returns (images trained on, seconds)."""
         step = ctx.step
         phase = self.main_phase(step, ctx.indices, "train")
-        counts = torch.bincount(self.train_split.labels[ctx.indices]).tolist()
-        cache = base_cache_path(self.cfg, self.device.type, counts, self.plugins) if step.index == 0 else None
+        cache = None
+        if step.index == 0:
+            counts = torch.bincount(self.train_split.labels[ctx.indices]).tolist()
+            cache = base_cache_path(self.cfg, self.device.type, counts, self.plugins)
         with contextlib.ExitStack() as held:
 
             def lookup() -> dict[str, Any] | None:  # the claim makes a concurrent run wait for this base step, not retrain it

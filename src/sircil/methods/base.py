@@ -118,5 +118,17 @@ class Method:
         self.model.load_state_dict(state["model"])
 
 
+class DistillsLogits(Method):
+    """A method whose losses read the frozen old model's logits over the old classes (``old_logits``)."""
+
+    def forward(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
+        out = self.model(x)
+        if self.old_model is not None:
+            with torch.no_grad():
+                # the old model was copied after expand: its columns for the new classes are untrained
+                out["old_logits"] = self.old_model(x)["logits"][:, : step.num_old]
+        return out
+
+
 def classification_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)

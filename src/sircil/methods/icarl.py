@@ -15,7 +15,7 @@ from ..config import MethodConfig
 from ..training.context import HeadSpec
 from ..training.phase import Step
 from . import register_method
-from .base import Method
+from .base import DistillsLogits
 
 
 @dataclass
@@ -48,20 +48,11 @@ def icarl_bce_loss(
 
 
 @register_method
-class ICaRL(Method):
+class ICaRL(DistillsLogits):
     name = "icarl"
     Config = ICaRLConfig
     has_nme = True
     head = HeadSpec(kind="sigmoid")
-
-    def forward(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
-        out = self.model(x)
-        if self.old_model is not None:
-            with torch.no_grad():
-                # the old model was copied after expand: its rows for the new classes are
-                # untrained, and their targets must stay the one-hot labels
-                out["old_logits"] = self.old_model(x)["logits"][:, : step.num_old]
-        return out
 
     def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
         return {"bce": icarl_bce_loss(out["logits"], y, out.get("old_logits"), self.spec.num_classes, out.get("sample_weight"))}

@@ -22,7 +22,7 @@ from ..data.datasets import DatasetSpec
 from ..training.context import StepContext
 from ..training.phase import Phase, Step
 from . import register_method
-from .base import Method
+from .base import DistillsLogits
 
 
 @dataclass
@@ -58,7 +58,7 @@ def task_wise_distillation(logits: torch.Tensor, old_logits: torch.Tensor, tasks
 
 
 @register_method
-class SSIL(Method):
+class SSIL(DistillsLogits):
     name = "ssil"
     Config = SSILConfig
 
@@ -83,13 +83,6 @@ class SSIL(Method):
         if step.num_old == 0:
             return phase
         return dataclasses.replace(phase, indices=self.new_indices, replay_indices=self.replay_indices, replay_batch=self.options.replay_batch)
-
-    def forward(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
-        out = self.model(x)
-        if self.old_model is not None:
-            with torch.no_grad():
-                out["old_logits"] = self.old_model(x)["logits"][:, : step.num_old]
-        return out
 
     def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
         terms = {"separated_ce": separated_softmax_loss(out["logits"], y, step.num_old)}

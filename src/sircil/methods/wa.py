@@ -22,7 +22,7 @@ from ..config import Config, ConfigError, MethodConfig
 from ..training.context import StepContext
 from ..training.phase import Phase, Step
 from . import register_method
-from .base import Method, classification_loss
+from .base import DistillsLogits, classification_loss
 
 
 @dataclass
@@ -53,16 +53,9 @@ def align_weights(weight: torch.Tensor, num_old: int) -> float:
 
 
 @register_method
-class WA(Method):
+class WA(DistillsLogits):
     name = "wa"
     Config = WAConfig
-
-    def forward(self, x: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
-        out = self.model(x)
-        if self.old_model is not None:
-            with torch.no_grad():
-                out["old_logits"] = self.old_model(x)["logits"][:, : step.num_old]
-        return out
 
     def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
         ce = classification_loss(out["logits"], y)
