@@ -1,6 +1,11 @@
+import pytest
 import torch
 
+from sircil.data.datasets import dataset_spec
+from sircil.methods import METHODS, Step, method_class
 from sircil.models import IncrementalLinear, build_backbone
+
+from conftest import fashion_config, make_config
 
 
 def test_resnet32_shape_and_size():
@@ -53,3 +58,17 @@ def test_resnet18_stems_and_last_relu():
     no_relu = build_backbone("resnet18_cifar", 3, last_relu=False).eval()
     _, maps = no_relu(torch.randn(2, 3, 32, 32), return_maps=True)
     assert (maps[-1] < 0).any()
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_expanded_heads_live_where_the_model_was_moved(name):
+    """A model is moved to its device once, before its first step: every layer a step adds must be
+    created there (the cosine head's first weights were once left on the CPU of a CUDA run).
+    The meta device stands in for a GPU."""
+    cfg = make_config(fashion_config(method={"name": name}, train={"epochs": 20}))
+    method = method_class(name)(cfg, dataset_spec("fashion_mnist"))
+    method.model.to("meta")
+    for index in range(3):
+        method.expand(Step(index, 2 * index, 2 * index + 2))
+        tensors = list(method.model.parameters()) + list(method.model.buffers())
+        assert {t.device.type for t in tensors} == {"meta"}, f"step {index}"

@@ -219,3 +219,19 @@ def test_archived_grid_runs_keep_their_hashes(fashion_root):
         raw = yaml.safe_load((run / "config.yaml").read_text())
         recorded = json.loads((run / "metrics.json").read_text())["config_hash"]
         assert config_from_dict(raw).hash() == recorded, run.name
+
+
+def test_report_combines_folders_and_counts_a_seed_found_twice_once(tmp_path):
+    """A grid continued on another machine: the same setting and seed in two archives must not be
+    averaged twice; the first folder's run is kept and the report says which one was left out."""
+    gpu, cpu, out = tmp_path / "gpu", tmp_path / "cpu", tmp_path / "out"
+    synthetic_run(gpu / "wa_1", "wa", False, 1, 1, 40.0, 30.0)
+    synthetic_run(gpu / "wa_2", "wa", False, 1, 2, 44.0, 30.0)
+    synthetic_run(cpu / "wa_1", "wa", False, 1, 1, 90.0, 30.0)
+    synthetic_run(cpu / "ft_1", "finetune", False, 1, 1, 35.0, 30.0)
+    write_report([gpu, cpu], out)
+    report = (out / "report.md").read_text()
+    assert "| WA | 2 | 42.0 ± 2.8 |" in report
+    assert "| Finetune | 1 | 35.0 |" in report
+    assert f"Left out, a second run of the same setting and seed: {cpu / 'wa_1'} (kept: {gpu / 'wa_1'})" in report
+    assert "3 finished runs" in report

@@ -133,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--worker-dir", help=argparse.SUPPRESS)
     sweep.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
     sweep.set_defaults(func=cmd_sweep)
-    report = sub.add_parser("report", help="report.md and figure.png from a folder of runs (mean +- std over seeds)")
-    report.add_argument("folder", help="a sweep folder, or any folder holding run folders")
-    report.add_argument("--out", help="where to write report.md and figure.png (default: the folder)")
+    report = sub.add_parser("report", help="report.md and figure.png from folders of runs (mean +- std over seeds)")
+    report.add_argument("folder", nargs="+", help="sweep folders, or any folders holding run folders (a seed found twice counts once: the first folder's)")
+    report.add_argument("--out", help="where to write report.md and figure.png (default: the first folder)")
     report.add_argument("--paper", action="store_true", help="add the SIR paper's reported values as dashed reference lines")
     report.set_defaults(func=cmd_report)
     bench = sub.add_parser(

@@ -1,7 +1,9 @@
-"""``sircil report FOLDER``: tables (mean +- std over seeds) and the paper's figure from run folders.
+"""``sircil report FOLDER...``: tables (mean +- std over seeds) and the paper's figure from run folders.
 
-Every run folder below FOLDER (a ``metrics.json`` of a finished run beside its
-``config.yaml``) is one point; runs differing only in their seed are averaged. A run's
+Every run folder below the FOLDERs (a ``metrics.json`` of a finished run beside its
+``config.yaml``) is one point; runs differing only in their seed are averaged. A seed of one
+setting found twice (grids continued on another machine) counts once: the first folder's run
+is kept and the report names the one left out. A run's
 method label follows the paper: the method's name, SIR_P / SIR_D for PODNet / DER with
 SIR, ``<name>+SIR`` otherwise (``+SIR[FC+IT]`` when only some parts are on), ``+LA`` with
 logit adjustment.
@@ -72,11 +74,13 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def collect(folder: Path) -> tuple[dict[tuple[str, int], dict[str, dict[int, Point]]], dict[str, Any]]:
-    """Finished runs below ``folder``, grouped as panel -> method -> memory -> Point; plus cost totals."""
+def collect(folders: list[Path]) -> tuple[dict[tuple[str, int], dict[str, dict[int, Point]]], dict[str, Any]]:
+    """Finished runs below ``folders``, grouped as panel -> method -> memory -> Point; plus cost
+    totals, runs per device and the duplicates left out."""
     panels: dict[tuple[str, int], dict[str, dict[int, Point]]] = defaultdict(lambda: defaultdict(dict))
-    cost = {"runs": 0, "unfinished": 0, "device_seconds": 0.0, "devices": set()}
-    for metrics_file in sorted(folder.rglob("metrics.json")):
+    cost: dict[str, Any] = {"runs": 0, "unfinished": 0, "device_seconds": 0.0, "devices": defaultdict(int), "duplicates": []}
+    kept: dict[tuple, Path] = {}
+    for metrics_file in [f for folder in folders for f in sorted(folder.rglob("metrics.json"))]:
         config_file = metrics_file.parent / "config.yaml"
         if not config_file.is_file():
             continue
@@ -89,7 +93,13 @@ def collect(folder: Path) -> tuple[dict[tuple[str, int], dict[str, dict[int, Poi
         if memory is None:
             memory = metrics["per_step"][-1].get("memory_per_class") or 0
         key = (config["data"]["dataset"], int(config["scenario"]["steps"]))
-        point = panels[key][method_label(config)].setdefault(int(memory), Point())
+        label = method_label(config)
+        identity = (*key, label, int(memory), config["seed"])
+        if identity in kept:
+            cost["duplicates"].append((metrics_file.parent, kept[identity]))
+            continue
+        kept[identity] = metrics_file.parent
+        point = panels[key][label].setdefault(int(memory), Point())
         point.accuracy.append(metrics["average_incremental_accuracy"])
         point.last.append(metrics["last_accuracy"])
         point.forgetting.append(metrics["forgetting"])
@@ -99,8 +109,8 @@ def collect(folder: Path) -> tuple[dict[tuple[str, int], dict[str, dict[int, Poi
         cost["runs"] += 1
         cost["device_seconds"] += sum(r.get("wall_seconds", 0.0) for r in metrics["per_step"])
         provenance = metrics_file.parent / "provenance.json"
-        if provenance.is_file():
-            cost["devices"].add(json.loads(provenance.read_text()).get("device_name"))
+        device = json.loads(provenance.read_text()).get("device_name") if provenance.is_file() else None
+        cost["devices"][device or "unknown device"] += 1
     return panels, cost
 
 
@@ -156,9 +166,11 @@ def markdown(panels, cost, paper: bool) -> str:
         "# sircil report",
         "",
         f"{cost['runs']} finished runs ({cost['unfinished']} unfinished left out); "
-        f"{cost['device_seconds'] / 3600:.2f} device-hours in total on {', '.join(sorted(d for d in cost['devices'] if d)) or 'unknown devices'}.",
+        f"{cost['device_seconds'] / 3600:.2f} device-hours in total on "
+        + ", ".join(f"{device} ({n} runs)" for device, n in sorted(cost["devices"].items())) + ".",
         "Cells: mean ± sample standard deviation over seeds (no ± with a single seed).",
     ]
+    lines += [f"Left out, a second run of the same setting and seed: {left} (kept: {kept})." for left, kept in cost["duplicates"]]
     for (dataset, steps) in sorted(panels):
         methods = panels[(dataset, steps)]
         memories = sorted({m for points in methods.values() for m in points}, reverse=True)
@@ -240,14 +252,16 @@ def figure(panels, paper: bool) -> bytes:
     return buffer.getvalue()
 
 
-def write_report(folder: str | Path, out: str | Path | None = None, paper: bool = False) -> Path:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ReportError(f"{folder} is not a folder; pass a sweep folder or any folder holding run folders")
-    out = Path(out) if out else folder
-    panels, cost = collect(folder)
+def write_report(folders: str | Path | list[str | Path], out: str | Path | None = None, paper: bool = False) -> Path:
+    """Writes report.md and figure.png into ``out`` (default: the only or first folder)."""
+    paths = [Path(f) for f in (folders if isinstance(folders, list) else [folders])]
+    for folder in paths:
+        if not folder.is_dir():
+            raise ReportError(f"{folder} is not a folder; pass a sweep folder or any folder holding run folders")
+    out = Path(out) if out else paths[0]
+    panels, cost = collect(paths)
     if not panels:
-        raise ReportError(f"no finished run (metrics.json + config.yaml) below {folder}")
+        raise ReportError(f"no finished run (metrics.json + config.yaml) below {', '.join(map(str, paths))}")
     atomic_write_text(out / "report.md", markdown(panels, cost, paper))
     atomic_write_bytes(out / "figure.png", figure(panels, paper))
     return out

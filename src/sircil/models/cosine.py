@@ -27,14 +27,16 @@ class CosineClassifier(nn.Module):
         self.similarity = similarity
         self.merge_gamma = merge_gamma
         self.weights = nn.ParameterList()
+        # the first step's weights must be created where the model lives, and an empty
+        # ParameterList moves with nothing: this buffer follows ``.to(device)``
+        self.register_buffer("device_anchor", torch.empty(0), persistent=False)
 
     @property
     def out_features(self) -> int:
         return sum(w.shape[0] for w in self.weights) // self.proxies
 
     def expand(self, n_new: int) -> None:
-        device = self.weights[0].device if len(self.weights) else None
-        w = torch.empty(n_new * self.proxies, self.in_features, device=device)
+        w = torch.empty(n_new * self.proxies, self.in_features, device=self.device_anchor.device)
         nn.init.kaiming_normal_(w, nonlinearity="linear")
         self.weights.append(nn.Parameter(w))
 
