@@ -31,6 +31,10 @@ RECIPES = {
     "ucir_sir": [],
     "sir_p": ["method.finetune_epochs=1"],
     "sir_d": ["method.warmup_epochs=0", "method.balanced_epochs=1", "method.balanced_milestones=[]", "method.sir_aux=true"],
+    # the other rectifications: WA's clipping runs outside the step, BiC's stage 2 is a phase of its own
+    "wa": [],
+    "ssil": [],
+    "bic": [],
 }
 
 

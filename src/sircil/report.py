@@ -26,9 +26,9 @@ from .config import UNUSED_BY_METHOD, LogitAdjustmentConfig, SIRConfig
 from .paper import PAPER_AVERAGE_INCREMENTAL_ACCURACY
 from .runfolder import atomic_write_bytes, atomic_write_text
 
-NAMES = {"finetune": "Finetune", "icarl": "iCaRL", "ucir": "UCIR", "podnet": "PODNet", "der": "DER", "wa": "WA", "ssil": "SS-IL"}
+NAMES = {"finetune": "Finetune", "icarl": "iCaRL", "ucir": "UCIR", "podnet": "PODNet", "der": "DER", "wa": "WA", "ssil": "SS-IL", "bic": "BiC"}
 WITH_SIR = {"podnet": "SIR_P", "der": "SIR_D"}
-ORDER = ["Finetune", "Finetune+SIR", "Finetune+LA", "iCaRL", "iCaRL+SIR", "UCIR", "UCIR+SIR", "PODNet", "SIR_P", "DER", "SIR_D", "WA", "SS-IL"]
+ORDER = ["Finetune", "Finetune+SIR", "Finetune+LA", "iCaRL", "iCaRL+SIR", "UCIR", "UCIR+SIR", "PODNet", "SIR_P", "DER", "SIR_D", "WA", "BiC", "SS-IL"]
 
 
 class ReportError(RuntimeError):

@@ -132,3 +132,9 @@ class DistillsLogits(Method):
 
 def classification_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
+
+
+def distillation_loss(logits: torch.Tensor, old_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """BiC / WA Eq. 2 (Hinton's KD): -sum_k softmax(old / T)_k log softmax(new / T)_k over the old classes, mean over the batch."""
+    targets = F.softmax(old_logits.float() / temperature, dim=1)
+    return -(targets * F.log_softmax(logits[:, : old_logits.shape[1]].float() / temperature, dim=1)).sum(1).mean()

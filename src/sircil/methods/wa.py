@@ -16,13 +16,12 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..config import Config, ConfigError, MethodConfig
 from ..training.context import StepContext
 from ..training.phase import Phase, Step
 from . import register_method
-from .base import DistillsLogits, classification_loss
+from .base import DistillsLogits, classification_loss, distillation_loss
 
 
 @dataclass
@@ -36,12 +35,6 @@ class WAConfig(MethodConfig):
     def validate(self, cfg: Config) -> None:
         if self.temperature <= 0 or (self.kd_weight is not None and self.kd_weight < 0):
             raise ConfigError(f"method.temperature must be > 0 and method.kd_weight >= 0 or null, got {self.temperature}, {self.kd_weight}")
-
-
-def distillation_loss(logits: torch.Tensor, old_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """WA Eq. 2 (Hinton's KD): -sum_k softmax(old / T)_k log softmax(new / T)_k over the old classes, mean over the batch."""
-    targets = F.softmax(old_logits.float() / temperature, dim=1)
-    return -(targets * F.log_softmax(logits[:, : old_logits.shape[1]].float() / temperature, dim=1)).sum(1).mean()
 
 
 def align_weights(weight: torch.Tensor, num_old: int) -> float:

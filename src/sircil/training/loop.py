@@ -132,7 +132,8 @@ class Fitter:
         for b in bar:
             idx = phase.indices[perm[b * batch: (b + 1) * batch]]
             idx = self.dist.shard(idx if replay is None else torch.cat([idx, replay[b]]))
-            x = self.augment(self.split.images[idx], generator, shard)
+            images = self.split.images[idx]
+            x = self.augment(images, generator, shard) if phase.augment else self.augment.normalizer.eval_view(images)
             if self.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = self.split.labels[idx]

@@ -85,6 +85,9 @@ class Phase:
     # drawn from ``replay_indices``, each of them about equally often over an epoch.
     replay_indices: torch.Tensor | None = None
     replay_batch: int = 0
+    # False: the batches are seen as evaluation sees them (BiC fits its bias layer on unaugmented
+    # validation images, as the official code does)
+    augment: bool = True
 
     def lr_at(self, epoch: int) -> float:
         if epoch < self.warmup_epochs:
