@@ -2,7 +2,7 @@
 the metrics and per-epoch losses recorded in ``tests/golden/pinned_runs.json``.
 
 The five first methods' records were made before the step-context / plug-in refactor (issue 16),
-which left them unchanged; WA, logit adjustment, SS-IL and BiC were added after it. A record must only be
+which left them unchanged; WA, logit adjustment, SS-IL, BiC and DDE were added after it. A record must only be
 re-recorded for a deliberate change of behaviour (``SIRCIL_RECORD_PINNED=1 pytest
 tests/test_behaviour_pinned.py``), saying why in the commit. Each run uses one thread, so on
 the recording machine and torch version the comparison is exact; elsewhere float rounding of
@@ -35,6 +35,7 @@ METHODS = {
     "wa": {},
     "ssil": {},
     "bic": {},
+    "dde": {"top_k": 3},
 }
 # (method, plug-in): every method without and with SIR, and logit adjustment on one
 CASES = [(name, plugin) for name in METHODS for plugin in ("", "sir")] + [("finetune", "logit_adjustment")]

@@ -35,6 +35,7 @@ RECIPES = {
     "wa": [],
     "ssil": [],
     "bic": [],
+    "dde": ["method.top_k=2"],  # the neighbours ride in the batch; the momentum embedding updates in place
 }
 
 

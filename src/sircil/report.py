@@ -26,9 +26,10 @@ from .config import UNUSED_BY_METHOD, LogitAdjustmentConfig, SIRConfig
 from .paper import PAPER_AVERAGE_INCREMENTAL_ACCURACY
 from .runfolder import atomic_write_bytes, atomic_write_text
 
-NAMES = {"finetune": "Finetune", "icarl": "iCaRL", "ucir": "UCIR", "podnet": "PODNet", "der": "DER", "wa": "WA", "ssil": "SS-IL", "bic": "BiC"}
+NAMES = {"finetune": "Finetune", "icarl": "iCaRL", "ucir": "UCIR", "podnet": "PODNet", "der": "DER", "wa": "WA", "ssil": "SS-IL", "bic": "BiC", "dde": "DDE"}
 WITH_SIR = {"podnet": "SIR_P", "der": "SIR_D"}
-ORDER = ["Finetune", "Finetune+SIR", "Finetune+LA", "iCaRL", "iCaRL+SIR", "UCIR", "UCIR+SIR", "PODNet", "SIR_P", "DER", "SIR_D", "WA", "BiC", "SS-IL"]
+BUILT_ON = {"DDE": "UCIR"}
+ORDER = ["Finetune", "Finetune+SIR", "Finetune+LA", "iCaRL", "iCaRL+SIR", "UCIR", "UCIR+SIR", "DDE", "PODNet", "SIR_P", "DER", "SIR_D", "WA", "BiC", "SS-IL"]
 
 
 class ReportError(RuntimeError):
@@ -145,9 +146,10 @@ def _difference_cell(d: tuple[float, float, int] | None) -> str:
 
 
 def family(label: str) -> str:
-    """The base method of a label: SIR_P -> PODNet, SIR_D -> DER, UCIR+SIR -> UCIR, Finetune+LA -> Finetune."""
+    """The base method of a label: SIR_P -> PODNet, SIR_D -> DER, UCIR+SIR -> UCIR, Finetune+LA -> Finetune,
+    DDE -> UCIR (DDE is UCIR with its two parts added)."""
     base = {v: NAMES[k] for k, v in WITH_SIR.items()}.get(label, label)
-    return base.split("+")[0]
+    return BUILT_ON.get(base, base.split("+")[0])
 
 
 def _sorted_methods(methods: list[str]) -> list[str]:

@@ -30,6 +30,6 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-from . import bic, der, finetune, icarl, podnet, ssil, ucir, wa  # noqa: E402,F401  (registration side effect)
+from . import bic, dde, der, finetune, icarl, podnet, ssil, ucir, wa  # noqa: E402,F401  (registration side effect)
 
 __all__ = ["METHODS", "Method", "Step", "method_class", "register_method"]

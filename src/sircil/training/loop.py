@@ -132,11 +132,13 @@ class Fitter:
         for b in bar:
             idx = phase.indices[perm[b * batch: (b + 1) * batch]]
             idx = self.dist.shard(idx if replay is None else torch.cat([idx, replay[b]]))
+            y = self.split.labels[idx]
+            if phase.companions is not None:
+                idx = torch.cat([idx, phase.companions(idx)])
             images = self.split.images[idx]
             x = self.augment(images, generator, shard) if phase.augment else self.augment.normalizer.eval_view(images)
             if self.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = self.split.labels[idx]
             if self.compile_mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
             with autocast(self.train.precision, self.device):

@@ -85,6 +85,9 @@ class Phase:
     # drawn from ``replay_indices``, each of them about equally often over an epoch.
     replay_indices: torch.Tensor | None = None
     replay_batch: int = 0
+    # Images appended to every batch, chosen from its indices (DDE: each sample's nearest new-class
+    # neighbours); the loss gets them after the batch's own images and only the batch's labels.
+    companions: Callable[[torch.Tensor], torch.Tensor] | None = None
     # False: the batches are seen as evaluation sees them (BiC fits its bias layer on unaugmented
     # validation images, as the official code does)
     augment: bool = True
