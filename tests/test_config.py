@@ -126,3 +126,22 @@ def test_hash_counts_only_what_can_change_the_results():
     assert h(method={"name": "finetune"}, sir={"enabled": True, "cosine_scale": None, "sigmoid": "margin"}) == linear
     assert h(method={"name": "podnet"}, sir={"enabled": True, "cosine_scale": None}) != h(method={"name": "podnet"}, sir={"enabled": True})
     assert h(method={"name": "icarl"}, sir={"enabled": True, "sigmoid": "margin"}) != h(method={"name": "icarl"}, sir={"enabled": True})
+
+
+def test_milestones_as_fractions_follow_the_epochs_and_hash_as_the_epochs_they_mean():
+    from sircil.training.phase import Phase
+
+    fractions = make_config(fashion_config(train={"epochs": 20, "scheduler": "step", "milestones": [0.7, 0.9]}))
+    epochs = make_config(fashion_config(train={"epochs": 20, "scheduler": "step", "milestones": [14, 18]}))
+    assert fractions.hash() == epochs.hash()
+    short = make_config(fashion_config(train={"epochs": 5, "scheduler": "step", "milestones": [0.6, 0.8]}))
+    phase = Phase("p", None, 5, 1.0, None, [], scheduler="step", milestones=short.train.milestones, lr_decay=0.1)
+    assert [round(phase.lr_at(e), 6) for e in range(5)] == [1.0, 1.0, 1.0, 0.1, 0.01]
+    # a base step with its own epoch count: the fractions mean other epochs there, and so does the hash
+    base40 = make_config(fashion_config(train={"epochs": 20, "base_epochs": 40, "scheduler": "step", "milestones": [0.5]}))
+    absolute = make_config(fashion_config(train={"epochs": 20, "base_epochs": 40, "scheduler": "step", "milestones": [10]}))
+    assert base40.hash() != absolute.hash()
+    with pytest.raises(ConfigError, match="all fractions"):
+        make_config(fashion_config(train={"epochs": 20, "milestones": [0.5, 15]}))
+    with pytest.raises(ConfigError, match="all fractions"):
+        make_config(fashion_config(train={"epochs": 20, "milestones": [12.5]}))

@@ -214,12 +214,25 @@ def test_archived_grid_runs_keep_their_hashes(fashion_root):
 
     from sircil.config import config_from_dict
 
-    runs = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "fashion_mnist_full" / "runs").iterdir())
-    assert len(runs) >= 27
-    for run in runs:
-        raw = yaml.safe_load((run / "config.yaml").read_text())
-        recorded = json.loads((run / "metrics.json").read_text())["config_hash"]
-        assert config_from_dict(raw).hash() == recorded, run.name
+    from sircil.sweep import grid, load_sweep
+
+    root = Path(__file__).resolve().parents[1]
+    recorded = {}
+    for archive in ("fashion_mnist_full", "fashion_mnist_gpu"):
+        runs = sorted((root / "benchmarks" / "results" / archive / "runs").iterdir())
+        assert len(runs) >= 30
+        for run in runs:
+            raw = yaml.safe_load((run / "config.yaml").read_text())
+            recorded[archive, run.name] = json.loads((run / "metrics.json").read_text())["config_hash"]
+            assert config_from_dict(raw).hash() == recorded[archive, run.name], run.name
+    # and the shipped sweep still builds those configs (e.g. milestones now given as fractions)
+    spec = load_sweep(root / "configs" / "sweeps" / "fashion_mnist_full.yaml")
+    matched = 0
+    for run in grid(spec):
+        if ("fashion_mnist_full", run.name) in recorded:
+            assert run.config(spec.overrides, None).hash() == recorded["fashion_mnist_full", run.name], run.name
+            matched += 1
+    assert matched >= 28  # all but the three iCaRL runs of the withdrawn sigmoid rule
 
 
 def test_report_combines_folders_and_counts_a_seed_found_twice_once(tmp_path):

@@ -120,8 +120,10 @@ class TrainConfig:
     weight_decay: float = 5e-4
     base_weight_decay: float | None = None  # the base step's own, where a recipe has one (WA)
     scheduler: str = "cosine"
-    milestones: list[int] = field(default_factory=list)
-    base_milestones: list[int] | None = None
+    # epochs after which the lr drops; numbers below 1 are fractions of the phase's epochs
+    # ([0.7, 0.9]), so --set train.epochs=5 needs no new milestones
+    milestones: list[int | float] = field(default_factory=list)
+    base_milestones: list[int | float] | None = None
     lr_decay: float = 0.1
     grad_clip_value: float | None = None
     device: str = "auto"
@@ -162,7 +164,12 @@ class TrainConfig:
             ("train.milestones", self.milestones, self.epochs),
             ("train.base_milestones", self.base_milestones or [], self.base_epochs or self.epochs),
         ):
-            require(all(0 < e < epochs for e in stones), f"{key} must lie strictly between 0 and the epoch count {epochs}, got {stones}")
+            fractions = all(0 < e < 1 for e in stones)
+            require(
+                fractions or all(isinstance(e, int) and 0 < e < epochs for e in stones),
+                f"{key} must be epochs strictly between 0 and the epoch count {epochs}, or all fractions of it in (0, 1) "
+                f"(e.g. [0.7, 0.9]), got {stones}",
+            )
             require(list(stones) == sorted(set(stones)), f"{key} must be increasing, got {stones}")
 
 
@@ -259,12 +266,29 @@ class Config:
                 content.pop(section)
         for key in ("threads", "checkpoint_every", "compile"):
             content.get("train", {}).pop(key, None)
+        _milestonesmilestone_epochs(content.get("train", {}), self.train)
         content.setdefault("method", {})["name"] = self.method.name
         text = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def milestone_epochs(stones: list[int | float], epochs: int) -> list[int | float]:
+    """Milestones as epoch indices: fractions (below 1) of ``epochs`` rounded to the nearest epoch."""
+    return [round(m * epochs) if m < 1 else m for m in stones]
+
+
+def _milestonesmilestone_epochs(content: dict[str, Any], train: TrainConfig) -> None:
+    """Milestones given as fractions hash as the epochs they stand for, so [0.7, 0.9] of 20 epochs
+    and [14, 18] are one recipe (and runs recorded with the latter keep their hashes)."""
+    if "milestones" in content:
+        content["milestones"] = milestone_epochs(train.milestones, train.epochs)
+    if "base_milestones" in content:
+        content["base_milestones"] = milestone_epochs(train.base_milestones, train.base_epochs or train.epochs)
+    elif any(m < 1 for m in train.milestones) and train.base_epochs not in (None, train.epochs):
+        content["base_milestones"] = milestone_epochs(train.milestones, train.base_epochs)
 
 
 # Defaults changed after runs were hashed, with the default they had then. A run's hash compares

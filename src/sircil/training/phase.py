@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 import torch
 
+from ..config import milestone_epochs
+
 # A phase's loss: (augmented batch, labels) -> (named loss terms, the logits its accuracy is read from)
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]
 
@@ -65,7 +67,7 @@ class Phase:
     loss_fn: LossFn
     param_groups: list[dict[str, Any]]
     scheduler: str = "cosine"
-    milestones: list[int] = field(default_factory=list)
+    milestones: list[int | float] = field(default_factory=list)  # below 1: fractions of the epochs after warmup
     lr_decay: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -99,7 +101,7 @@ class Phase:
         if self.scheduler == "cosine":
             return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
         if self.scheduler == "step":
-            return self.lr * self.lr_decay ** sum(epoch >= m for m in self.milestones)
+            return self.lr * self.lr_decay ** sum(epoch >= m for m in milestone_epochs(self.milestones, epochs))
         return self.lr
 
     def build_optimizer(self, device: torch.device) -> torch.optim.Optimizer:
