@@ -69,3 +69,12 @@ def test_a_run_folder_in_use_by_a_live_process_is_refused(tmp_path):
     (tmp_path / LOCK_NAME).write_text(f"{platform.node()} {os.getppid()}")  # a live process: our parent
     with pytest.raises(RunInProgress, match="being run by another process"):
         run_experiment(make_config(tiny()), tmp_path)
+
+
+def test_a_bad_data_path_fails_before_the_run_folder_is_made(tmp_path):
+    from sircil.data.datasets import DatasetError
+
+    raw = fashion_config(data={"root": str(tmp_path / "nowhere")})
+    with pytest.raises(DatasetError, match="missing file"):
+        run_experiment(make_config(raw), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -18,7 +18,7 @@ import torch
 
 from .config import Config
 from .data.augment import BatchAugment, Normalizer
-from .data.datasets import load_dataset
+from .data.datasets import Dataset, load_dataset
 from .data.memory import Memory
 from .data.scenario import Scenario, apply_class_order, resolve_class_order
 from .distributed import SINGLE, Distributed
@@ -43,13 +43,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, folder: RunFolder, log: logging.Logger, dist: Distributed = SINGLE):
+    def __init__(self, cfg: Config, folder: RunFolder, log: logging.Logger, dist: Distributed = SINGLE, dataset: Dataset | None = None):
         self.cfg, self.folder, self.log, self.dist = cfg, folder, log, dist
         self.device = dist.device(resolve_device(cfg.train.device))
         self.compile_mode = resolve_compile(cfg.train.compile, self.device, dist.world)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        dataset = load_dataset(cfg.data)
+        dataset = load_dataset(cfg.data) if dataset is None else dataset
         self.spec = dataset.spec
         self.class_order = resolve_class_order(cfg.data, self.spec.num_classes)
         dataset = apply_class_order(dataset, self.class_order)
@@ -313,6 +313,8 @@ def run_experiment(cfg: Config, out: str | Path, resume: bool = False, overwrite
     """Run (or resume) ``cfg`` in the run folder ``out``. Under ``torchrun`` every process calls
     this with its ``dist``; rank 0 alone locks, prepares and writes the folder."""
     folder = RunFolder(out)
+    resolve_device(cfg.train.device)  # bad input fails before the run folder exists, and leaves none behind
+    dataset = load_dataset(cfg.data)
     threads = torch.get_num_threads()  # train.threads applies to this run only, not to the runs after it in this process
     with contextlib.ExitStack() as held:
         held.callback(torch.set_num_threads, threads)
@@ -324,7 +326,7 @@ def run_experiment(cfg: Config, out: str | Path, resume: bool = False, overwrite
         dist.from_main(prepare)
         log = setup_logger(folder.path / "log.txt") if dist.is_main else quiet_logger(dist.rank)
         try:
-            trainer = Trainer(cfg, folder, log, dist)
+            trainer = Trainer(cfg, folder, log, dist, dataset)
             if dist.is_main:
                 atomic_write_json(folder.path / "provenance.json", {
                     **provenance(cfg.hash(), trainer.device), "compile": trainer.compile_mode, "processes": dist.world,
