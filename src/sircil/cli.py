@@ -1,4 +1,4 @@
-"""Command line: ``sircil run | config | sweep | report | bench``."""
+"""Command line: ``sircil run | config | sweep | report | eval | predict | export | bench``."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
-
-
-def default_out(config_path: str, config_hash: str) -> Path:
-    return Path("runs") / f"{Path(config_path).stem}-{config_hash[:8]}"
+from .runfolder import default_out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -93,6 +90,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .inference import evaluate_run
+    from .runfolder import atomic_write_json
+
+    record = evaluate_run(args.run, args.step, args.set, args.device)
+    name = f"step_{record['step']:03d}" + ("_" + "_".join(o.split("=")[0] for o in args.set) if args.set else "") + ".json"
+    out = Path(args.out) if args.out else Path(args.run) / "eval" / name
+    atomic_write_json(out, {**record, "overrides": list(args.set)})
+    print(json.dumps(record, indent=1))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import load_run
+
+    model = load_run(args.model, args.step, args.device)
+    for path, ranked in zip(args.images, model.predict_files(args.images, args.top)):
+        print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .inference import export_run
+
+    print(f"wrote {export_run(args.run, args.out, args.step, args.device)}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sircil", description="Class-incremental learning with SIR.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="where to write report.md and figure.png (default: the first folder)")
     report.add_argument("--paper", action="store_true", help="add the SIR paper's reported values as dashed reference lines")
     report.set_defaults(func=cmd_report)
+    evaluate = sub.add_parser("eval", help="evaluate a run's checkpoint (CNN, and NME where the method has it) on its test set or other data")
+    evaluate.add_argument("run", help="run folder")
+    evaluate.add_argument("--step", type=int, help="the step whose checkpoint to evaluate (default: the last)")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.root=/other/copy (repeatable)")
+    evaluate.add_argument("--device", help="e.g. cpu or cuda (default: the run's train.device)")
+    evaluate.add_argument("--out", help="JSON file (default <run>/eval/step_NNN.json)")
+    evaluate.set_defaults(func=cmd_eval)
+    predict = sub.add_parser("predict", help="class names and probabilities for image files")
+    predict.add_argument("model", help="run folder or a file written by sircil export")
+    predict.add_argument("images", nargs="+", help="PNG or JPEG files, any size, grey or colour")
+    predict.add_argument("--top", type=int, default=3, help="classes listed per image (default %(default)s)")
+    predict.add_argument("--step", type=int, help="for a run folder: the step's model (default: the last)")
+    predict.add_argument("--device", default="cpu", help="default %(default)s")
+    predict.set_defaults(func=cmd_predict)
+    export = sub.add_parser("export", help="one self-contained model file for sircil predict and sircil.load_run")
+    export.add_argument("run", help="run folder")
+    export.add_argument("--out", required=True, help="file to write, e.g. model.pt")
+    export.add_argument("--step", type=int, help="the step's model (default: the last)")
+    export.add_argument("--device", help="where to compute the exemplar means (default: the run's train.device)")
+    export.set_defaults(func=cmd_export)
     bench = sub.add_parser(
         "bench", help="training images/s of sircil's on-device data path vs. the compute limit and a PIL DataLoader",
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import importlib.util
 import json
 import types
 import typing
@@ -174,6 +175,19 @@ class TrainConfig:
 
 
 @dataclass
+class LogConfig:
+    """What a run writes beside log.txt and metrics.json (every epoch is in metrics.jsonl)."""
+
+    tensorboard: bool = False  # TensorBoard event files in <run>/tensorboard (needs the tensorboard package)
+
+    def validate(self) -> None:
+        require(
+            not self.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+            "log.tensorboard: true needs the tensorboard package (.venv/bin/pip install tensorboard), or set log.tensorboard: false",
+        )
+
+
+@dataclass
 class SIRConfig:
     """SIR plug-in (sir.py): each part has its own switch, so ablations are a --set away."""
 
@@ -240,6 +254,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sir: SIRConfig = field(default_factory=SIRConfig)
     logit_adjustment: LogitAdjustmentConfig = field(default_factory=LogitAdjustmentConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     cache_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -250,12 +265,13 @@ class Config:
 
         Only fields that differ from their defaults count (the method's name always does), so
         a later sircil that adds an option, defaulting to the old behaviour, still recognizes
-        and resumes earlier runs. Where the base-step cache lives, how many CPU threads run
+        and resumes earlier runs. Where the base-step cache lives, what is logged, how many CPU threads run
         how often a step checkpoints and whether the step is compiled are left out: none changes
         the recipe (compiling changes float rounding only), and a run may resume with any of
         them changed."""
         content = non_default(self, FIRST_DEFAULTS)
         content.pop("cache_dir", None)
+        content.pop("log", None)
         for section in PLUGIN_SECTIONS:  # a plug-in that is off is not built: its options change nothing
             if not getattr(self, section).enabled:
                 content.pop(section, None)
@@ -509,7 +525,7 @@ def validate(cfg: Config) -> None:
     """Range and consistency checks before any data is loaded: each section's own, then the
     registered checks (a user's dataset is probed: its class folders or its arrays' headers
     give the class count and image shape), then the method's."""
-    for section in (cfg.data, cfg.scenario, cfg.memory, cfg.model, cfg.train, cfg.sir, cfg.logit_adjustment):
+    for section in (cfg.data, cfg.scenario, cfg.memory, cfg.model, cfg.train, cfg.sir, cfg.logit_adjustment, cfg.log):
         section.validate()
     for check in CHECKS:
         check(cfg)

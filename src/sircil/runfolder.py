@@ -175,6 +175,11 @@ def provenance(config_hash: str, device: torch.device) -> dict[str, Any]:
     }
 
 
+def default_out(config_path: str, config_hash: str) -> Path:
+    """Where a run goes when no folder is named: runs/<config name>-<hash prefix>."""
+    return Path("runs") / f"{Path(config_path).stem}-{config_hash[:8]}"
+
+
 class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -259,6 +264,28 @@ class RunFolder:
                 raise RunFolderError(f"{path} has checkpoint format {state.get('format')}, this sircil reads {CHECKPOINT_FORMAT}")
             return state
         return None
+
+    def checkpoint_steps(self) -> list[int]:
+        return sorted(int(p.stem[5:]) for p in self.checkpoint_dir.glob("step_[0-9][0-9][0-9].pt"))
+
+    def load_checkpoint(self, step: int | None = None) -> dict[str, Any]:
+        """The end-of-step checkpoint of ``step`` (default: the last), with an error that says what exists."""
+        steps = self.checkpoint_steps()
+        if not steps:
+            raise RunFolderError(f"{self.path} holds no checkpoint (expected {self.checkpoint_dir}/step_NNN.pt): is it a sircil run folder, and did its first step finish?")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise RunFolderError(f"{self.path} has no checkpoint of step {step}; steps with checkpoints: {steps}")
+        state = torch.load(self.checkpoint_path(step), map_location="cpu", weights_only=False)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise RunFolderError(f"{self.checkpoint_path(step)} has checkpoint format {state.get('format')}, this sircil reads {CHECKPOINT_FORMAT}")
+        return state
+
+    def append_epoch(self, record: dict[str, Any]) -> None:
+        """One line of metrics.jsonl per epoch (a resumed run repeats the epochs it redoes: the last
+        line of a (step, phase, epoch) counts)."""
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         atomic_write_json(self.metrics_file, metrics)

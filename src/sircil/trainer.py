@@ -74,8 +74,23 @@ class Trainer:
         )
         self.fitter = Fitter(
             self.method, tc, cfg.seed, cfg.hash(), self.device, dist, self.train_split, augment, log,
-            self.compile_mode, tc.compile == "auto", folder.save_partial,
+            self.compile_mode, tc.compile == "auto", folder.save_partial, self.log_epoch,
         )
+        self.tensorboard = None
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        """Every epoch in metrics.jsonl and, with ``log.tensorboard``, as TensorBoard scalars."""
+        self.folder.append_epoch(record)
+        if self.cfg.log.tensorboard:
+            if self.tensorboard is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tensorboard = SummaryWriter(str(self.folder.path / "tensorboard"))
+            prefix = f"step_{record['step']}/{record['phase']}"
+            for key, value in record.items():
+                if key not in ("step", "phase", "epoch", "epochs"):
+                    self.tensorboard.add_scalar(f"{prefix}/{key}", value, record["epoch"])
+            self.tensorboard.flush()
 
     def step_info(self, t: int) -> Step:
         return Step(t, self.scenario.start(t), self.scenario.end(t))
@@ -295,14 +310,47 @@ class Trainer:
                 f"{str(state.get('config_hash'))[:12]}, not by this config ({self.cfg.method.name!r}, {self.cfg.hash()[:12]}); "
                 "use another --out folder or --overwrite"
             )
-        t = state["step"]
-        for s in range(t + 1):
-            self.method.expand(self.step_info(s))
-        self.method.load_state_dict(state["method_state"])
-        self.memory.load_state_dict(state["memory"])
+        t = self.restore(state)
         self.progress.restore(state, t)
         self.log.info("resuming after step %d from %s", t, self.folder.checkpoint_path(t))
         return t + 1
+
+
+    def restore(self, state: dict[str, Any], first: int = 0) -> int:
+        """The model and memory of a checkpoint; the model grows from step ``first`` (steps before it
+        already grown) to the checkpoint's. Returns its step."""
+        t = state["step"]
+        for s in range(first, t + 1):
+            self.method.expand(self.step_info(s))
+        self.method.load_state_dict(state["method_state"])
+        self.memory.load_state_dict(state["memory"])
+        return t
+
+    def restore_for_inference(self, t: int | None = None) -> Step:
+        """Step ``t`` (default: the last checkpointed) as the run evaluated it: the plug-ins measure the
+        step's training set on the previous step's model, as in training, then the step's model and
+        memory are loaded."""
+        state = self.folder.load_checkpoint(t)
+        t = state["step"]
+        if state.get("method") != self.cfg.method.name:
+            raise RunFolderError(f"{self.folder.checkpoint_path(t)} was made by method {state.get('method')!r}, the config names {self.cfg.method.name!r}")
+        if t > 0:
+            self.restore(self.folder.load_checkpoint(t - 1))
+        step = self.step_info(t)
+        labels = self.train_split.labels
+        new_idx = torch.nonzero((labels >= step.start) & (labels < step.end)).flatten()
+        ctx = self.context(step, torch.cat([new_idx, self.memory.indices().to(self.device)]))
+        for plugin in self.plugins.values():
+            plugin.begin_step(ctx, self.method.head)
+        self.restore(state, first=t)
+        return step
+
+    def evaluate_step(self, step: Step) -> dict[str, Any]:
+        """The record of ``step`` on the run's test set (or the data the config now names)."""
+        bounds = [(self.scenario.start(j), self.scenario.end(j)) for j in range(step.index + 1)]
+        memory = self.memory.indices().to(self.device)
+        record, row, row_nme = self.evaluator.evaluate(step, bounds, memory, list(self.plugins.values()))
+        return {**record, "accuracy_per_task": row, **({"accuracy_per_task_nme": row_nme} if row_nme is not None else {})}
 
 
 def _fmt(value: float | None) -> str:

@@ -92,15 +92,16 @@ def probe_imagefolder(root: Path, cfg: DataConfig) -> DatasetSpec:
     return dataclasses.replace(IMAGEFOLDER, num_classes=len(classes), image_size=cfg.image_size)
 
 
-def _decode(path: Path, size: int) -> torch.Tensor:
-    """RGB, shorter side resized to ``size`` (JPEGs decoded at reduced scale when they are much
-    larger), center crop ``size`` x ``size``, as a uint8 C x H x W tensor."""
+def decode_image(path: Path, size: int, channels: int = 3) -> torch.Tensor:
+    """RGB (or grey for ``channels`` 1), shorter side resized to ``size`` (JPEGs decoded at reduced
+    scale when they are much larger), center crop ``size`` x ``size``, as a uint8 C x H x W tensor."""
     from PIL import Image, UnidentifiedImageError
 
+    mode = "L" if channels == 1 else "RGB"
     try:
         with Image.open(path) as image:
-            image.draft("RGB", (size, size))
-            image = image.convert("RGB")
+            image.draft(mode, (size, size))
+            image = image.convert(mode)
             w, h = image.size
             scale = size / min(w, h)
             image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR, reducing_gap=3.0)
@@ -109,8 +110,8 @@ def _decode(path: Path, size: int) -> torch.Tensor:
             image = image.crop((left, top, left + size, top + size))
             array = np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DatasetError(f"imagefolder: cannot decode {path} ({exc}); remove or replace the file") from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+        raise DatasetError(f"cannot decode the image {path} ({exc}); give a PNG or JPEG file") from None
+    return torch.from_numpy(array.copy()).reshape(size, size, channels).permute(2, 0, 1)
 
 
 def _read_split(folder: Path, classes: list[str], size: int, limit: int | None) -> ImageSplit:
@@ -126,7 +127,7 @@ def _read_split(folder: Path, classes: list[str], size: int, limit: int | None) 
         files += images
         labels += [k] * len(images)
     with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 2)) as pool:
-        decoded = list(pool.map(lambda p: _decode(p, size), files))
+        decoded = list(pool.map(lambda p: decode_image(p, size), files))
     return ImageSplit(torch.stack(decoded), torch.tensor(labels, dtype=torch.int64))
 
 

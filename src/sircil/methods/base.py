@@ -49,6 +49,8 @@ class Method:
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     has_nme: ClassVar[bool] = False
+    # how the method classifies a new image: "cnn" (its logits) or "nme" (nearest exemplar class mean)
+    inference: ClassVar[str] = "cnn"
     # The classifier the classification loss meets: the logits entry plug-ins adjust, the scale of
     # cosine similarities where there is one (SIR's IT margins are given before it), the kind.
     head: ClassVar[HeadSpec] = HeadSpec()

@@ -52,6 +52,7 @@ class ICaRL(DistillsLogits):
     name = "icarl"
     Config = ICaRLConfig
     has_nme = True
+    inference = "nme"  # iCaRL classifies by the nearest mean of exemplars (Alg. 1)
     head = HeadSpec(kind="sigmoid")
 
     def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:

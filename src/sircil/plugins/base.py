@@ -37,6 +37,13 @@ class TrainPlugin:
         """Evaluation and prediction: the outputs accuracies are read from."""
         return out
 
+    def inference_state(self) -> dict[str, Any]:
+        """What ``adjust_inference`` needs, for an exported model (built in ``begin_step``)."""
+        return {}
+
+    def load_inference_state(self, state: dict[str, Any]) -> None:
+        """Restores ``inference_state`` in a plug-in built from the same config."""
+
     def record(self, logits: torch.Tensor, labels: torch.Tensor, step: Step) -> dict[str, Any]:
         """Entries added to the step's record, from the test logits (classes seen) and labels."""
         return {}

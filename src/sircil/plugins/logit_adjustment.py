@@ -48,6 +48,13 @@ class LogitAdjustment(TrainPlugin):
             out["logits"] = torch.cat([logits[:, : self.offset.numel()] - self.offset.to(logits.dtype), logits[:, self.offset.numel():]], 1)
         return out
 
+    def inference_state(self) -> dict[str, Any]:
+        return {"offset": self.offset.cpu()} if self.cfg.mode == "post_hoc" else {}
+
+    def load_inference_state(self, state: dict[str, Any]) -> None:
+        if "offset" in state:
+            self.offset = state["offset"]
+
     def cache_key(self, counts: list[int]) -> Any:
         trains_differently = self.cfg.mode == "loss" and len(set(counts)) > 1
         return dataclasses.asdict(self.cfg) if trains_differently else None

@@ -35,6 +35,7 @@ EXCLUDED = {
     "train.threads": "speed only",
     "train.checkpoint_every": "mid-step checkpoints only",
     "train.compile": "float rounding only (tests/test_compile.py)",
+    "log.tensorboard": "what is logged",
 }
 # Plug-in sections (sir, ...) are keyed by what each plug-in's ``cache_key`` returns.
 

@@ -63,6 +63,10 @@ class Evaluator:
         with autocast(self.precision, images.device):
             return embed_images(self.method.embed, images, self.batch_size, self.normalizer, self.channels_last, flip)
 
+    def class_means(self, memory: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """The nearest-mean-of-exemplars classifier: each class's normalized mean exemplar feature."""
+        return class_means(self.embed(self.train.images[memory], flip=self.flip), self.train.labels[memory], num_classes)
+
     def embed_indices(self, indices: torch.Tensor) -> torch.Tensor:
         return self.embed(self.train.images[indices])
 
@@ -103,8 +107,7 @@ class Evaluator:
             for plugin in plugins:
                 record.update(plugin.record(logits, labels, step))
         if self.method.has_nme:
-            feats = self.embed(self.train.images[memory], flip=self.flip)
-            means = class_means(feats, self.train.labels[memory], step.end)
+            means = self.class_means(memory, step.end)
             pred_nme = nme_predict(out["features"], means)
             nme = step_accuracies(pred_nme, labels, step.start)
             row_nme = task_accuracies(pred_nme, labels, bounds)

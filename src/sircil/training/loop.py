@@ -82,6 +82,7 @@ class Fitter:
     compile_mode: str
     compile_fallback: bool
     save_partial: Callable[[int, dict[str, Any]], None]
+    on_epoch: Callable[[dict[str, Any]], None] | None = None  # each epoch's record (metrics.jsonl, TensorBoard)
 
     def fit(self, phase: Phase, step: Step, checkpoints: bool = False, resume: dict[str, Any] | None = None) -> tuple[int, float]:
         """Run a phase; returns (images trained on, seconds spent). With ``checkpoints``, the
@@ -167,6 +168,12 @@ class Fitter:
                 f"{dict(zip(['total', *terms], values))}; the checkpoint of step {step.index - 1} is kept. "
                 "Lower train.lr or check the data."
             )
+        if self.on_epoch is not None and self.dist.is_main:
+            self.on_epoch({
+                "step": step.index, "phase": phase.name, "epoch": epoch + 1, "epochs": phase.epochs, "loss": values[0],
+                **dict(zip(terms, values[1:])), "accuracy": accuracy, "lr": lr, "images_per_second": images / max(elapsed, 1e-9),
+                "seconds": elapsed,
+            })
         parts = " ".join(f"{k} {v:.4f}" for k, v in zip(terms, values[1:]))
         self.log.info(
             "step %d %s epoch %d/%d: loss %.4f (%s) acc %.1f lr %.4g %.0f img/s",

@@ -1,0 +1,184 @@
+"""Use a trained model: evaluate a run's checkpoint, export it to one file, load either, predict.
+
+An exported model is one ``torch.save`` file: the config, the dataset's spec, the class names in
+the model's order, the step, the method's weights, the normalization and input size, the
+nearest-mean-of-exemplars class means where the method classifies by them, and what the plug-ins
+need at inference. ``load_run`` accepts it or a run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .config import Config, apply_overrides, config_from_dict, load_config
+from .data.augment import Normalizer
+from .data.custom import decode_image
+from .data.datasets import DatasetSpec
+from .data.scenario import Scenario
+from .methods import Method, method_class
+from .plugins import build_plugins
+from .runfolder import RunFolder, RunFolderError, atomic_torch_save, default_out
+from .trainer import Trainer, quiet_logger, resolve_device, run_experiment
+from .training.phase import Step
+
+EXPORT_FORMAT = "sircil-model/1"
+
+
+def _trainer(folder: Path, overrides: Sequence[str], device: str | None) -> Trainer:
+    run = RunFolder(folder)
+    if not run.config_file.is_file():
+        raise RunFolderError(f"{folder} is not a run folder: no config.yaml in it (give the folder `sircil run` wrote)")
+    cfg = load_config(run.config_file, list(overrides))
+    if device is not None:
+        cfg.train.device = device
+    return Trainer(cfg, run, quiet_logger(0))
+
+
+def evaluate_run(folder: str | Path, step: int | None = None, overrides: Sequence[str] = (), device: str | None = None) -> dict[str, Any]:
+    """The record of a checkpointed step (default: the last), computed afresh: on the run's own test
+    set it equals what the run recorded; ``overrides`` (e.g. ``data.root=...``) evaluate on other data."""
+    trainer = _trainer(Path(folder), overrides, device)
+    return trainer.evaluate_step(trainer.restore_for_inference(step))
+
+
+def export_run(folder: str | Path, out: str | Path, step: int | None = None, device: str | None = None) -> Path:
+    """One self-contained file for ``load_run`` and ``sircil predict``."""
+    trainer = _trainer(Path(folder), (), device)
+    step_info = trainer.restore_for_inference(step)
+    method = trainer.method
+    means = trainer.evaluator.class_means(trainer.memory.indices().to(trainer.device), step_info.end) if method.has_nme else None
+    n = trainer.normalizer
+    bundle = {
+        "format": EXPORT_FORMAT,
+        "config": trainer.cfg.to_dict(),
+        "spec": dataclasses.asdict(trainer.spec),
+        "step": step_info.index,
+        "class_names": trainer.class_names[: step_info.end],
+        "method_state": _to_cpu(method.state_dict()),
+        "normalizer": {"shift": n.shift.cpu(), "scale": n.scale.cpu(), "fill": n.fill.cpu(), "eval_crop": n.eval_crop},
+        "image_size": int(trainer.train_split.images.shape[-1]),
+        "class_means": None if means is None else means.cpu(),
+        "plugins": {name: plugin.inference_state() for name, plugin in trainer.plugins.items()},
+    }
+    atomic_torch_save(Path(out), bundle)
+    return Path(out)
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class TrainedModel:
+    """A trained model ready to classify images, as its run evaluated them."""
+
+    config: Config
+    step: int
+    class_names: list[str]
+    method: Method
+    normalizer: Normalizer
+    image_size: int
+    channels: int
+    class_means: torch.Tensor | None
+    plugins: dict[str, Any]
+    device: torch.device
+    metrics: dict[str, Any] | None = None
+
+    @property
+    def rule(self) -> str:
+        """``nme`` where the method classifies by its exemplars' class means (iCaRL), else ``cnn``."""
+        return "nme" if self.class_means is not None and self.method.inference == "nme" else "cnn"
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N x classes) of uint8 images N x C x H x W of the model's input size.
+        For the nearest-mean rule they are the softmax of the negative squared distances to the
+        class means: a ranking, not a calibrated probability."""
+        self.method.model.eval()
+        x = self.normalizer.eval_view(images.to(self.device))
+        out = self.method.eval_logits(x)
+        for plugin in self.plugins.values():
+            out = plugin.adjust_inference(out)
+        classes = len(self.class_names)
+        if self.rule == "nme":
+            return F.softmax(-torch.cdist(F.normalize(out["features"].float(), dim=1), self.class_means.to(self.device)) ** 2, dim=1)
+        return F.softmax(out["logits"][:, :classes].float(), dim=1)
+
+    def load_images(self, paths: Sequence[str | Path]) -> torch.Tensor:
+        """Image files (PNG, JPEG, any size, grey or colour) as the model's input: shorter side resized
+        and center-cropped to the training images' size, in their channels."""
+        return torch.stack([decode_image(Path(p), self.image_size, self.channels) for p in paths])
+
+    def predict_files(self, paths: Sequence[str | Path], top: int = 5) -> list[list[tuple[str, float]]]:
+        probabilities = self.predict(self.load_images(paths))
+        values, indices = probabilities.topk(min(top, probabilities.shape[1]), dim=1)
+        return [[(self.class_names[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())] for vs, ix in zip(values, indices)]
+
+
+def load_run(path: str | Path, step: int | None = None, device: str = "cpu") -> TrainedModel:
+    """A run folder (its step ``step``, default the last) or a file written by ``export_run``."""
+    path = Path(path)
+    if path.is_dir():
+        if not RunFolder(path).config_file.is_file():
+            raise RunFolderError(f"{path} is not a run folder: no config.yaml in it")
+        file = path / ".export.tmp.pt"
+        try:
+            export_run(path, file, step, device)
+            model = load_run(file, device=device)
+        finally:
+            file.unlink(missing_ok=True)
+        metrics_file = RunFolder(path).metrics_file
+        model.metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        return model
+    if not path.is_file():
+        raise RunFolderError(f"{path}: no such run folder or exported model")
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise RunFolderError(f"{path} is not a model exported by `sircil export` ({exc})") from None
+    if not isinstance(bundle, dict) or bundle.get("format") != EXPORT_FORMAT:
+        raise RunFolderError(f"{path} is not a model exported by `sircil export` (format {EXPORT_FORMAT}); for a run folder give the folder")
+    cfg = config_from_dict(bundle["config"])
+    spec = DatasetSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in bundle["spec"].items()})
+    target = resolve_device(device)
+    method = method_class(cfg.method.name)(cfg, spec)
+    scenario = Scenario.from_config(cfg.scenario, spec.num_classes)
+    for s in range(bundle["step"] + 1):
+        method.expand(Step(s, scenario.start(s), scenario.end(s)))
+    method.load_state_dict(bundle["method_state"])
+    method.model.to(target)
+    plugins = build_plugins(cfg)
+    for name, plugin in plugins.items():
+        plugin.load_inference_state({k: v.to(target) if isinstance(v, torch.Tensor) else v for k, v in bundle["plugins"].get(name, {}).items()})
+    n = bundle["normalizer"]
+    normalizer = Normalizer(n["shift"].to(target), n["scale"].to(target), n["fill"].to(target), n["eval_crop"])
+    return TrainedModel(
+        config=cfg, step=bundle["step"], class_names=list(bundle["class_names"]), method=method, normalizer=normalizer,
+        image_size=bundle["image_size"], channels=spec.channels, class_means=bundle["class_means"], plugins=plugins, device=target,
+    )
+
+
+def run(config: str | Path | dict, overrides: Sequence[str] = (), out: str | Path | None = None) -> dict[str, Any]:
+    """Train one run from a config file or dict with ``--set``-style overrides and return its
+    metrics; an interrupted run of the same config in ``out`` resumes, a finished one is returned as is."""
+    if isinstance(config, dict):
+        cfg = config_from_dict(apply_overrides(json.loads(json.dumps(config)), list(overrides)))
+        name = f"{cfg.method.name}-api"
+    else:
+        cfg = load_config(config, list(overrides))
+        name = str(config)
+    folder = RunFolder(Path(out) if out is not None else default_out(name, cfg.hash()))
+    if folder.is_finished() and folder.recorded_hash() == cfg.hash():
+        return json.loads(folder.metrics_file.read_text())
+    return run_experiment(cfg, folder.path)
