@@ -249,3 +249,26 @@ def test_report_combines_folders_and_counts_a_seed_found_twice_once(tmp_path):
     assert "| Finetune | 1 | 35.0 |" in report
     assert f"Left out, a second run of the same setting and seed: {cpu / 'wa_1'} (kept: {gpu / 'wa_1'})" in report
     assert "3 finished runs" in report
+
+
+def test_compare_puts_runs_side_by_side_step_by_step(tmp_path):
+    from sircil.compare import write_comparison
+    from sircil.report import ReportError
+
+    for name, sir, accs in (("pod", False, [(80.0, None, 80.0, None), (50.0, 10.0, 90.0, -1.5)]),
+                            ("sirp", True, [(80.0, None, 80.0, None), (56.0, 22.0, 88.0, -0.25)])):
+        synthetic_run(tmp_path / name, "podnet", sir, 1, 1993, 65.0, accs[-1][0])
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        metrics["per_step"] = [{"step": t, "accuracy": a, "accuracy_old": o, "accuracy_new": n, **({"logit_bias_old_minus_new": b} if b is not None else {})}
+                               for t, (a, o, n, b) in enumerate(accs)]
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    out = write_comparison([tmp_path / "pod", tmp_path / "sirp"], tmp_path / "cmp")
+    table = (out / "compare.md").read_text()
+    assert "| step | acc PODNet | acc SIR_P | old PODNet | old SIR_P | new PODNet | new SIR_P | bias PODNet | bias SIR_P |" in table
+    assert "| 1 | 50.0 | 56.0 | 10.0 | 22.0 | 90.0 | 88.0 | -1.50 | -0.25 |" in table
+    assert "| SIR_P | 65.0 | 56.0 |" in table
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ReportError, match="at least two"):
+        write_comparison([tmp_path / "pod"], tmp_path / "cmp")
+    with pytest.raises(ReportError, match="not a run folder"):
+        write_comparison([tmp_path / "pod", tmp_path], tmp_path / "cmp")

@@ -1,4 +1,4 @@
-"""Command line: ``sircil run | config | sweep | report | eval | predict | export | bench``."""
+"""Command line: ``sircil run | config | sweep | report | compare | eval | predict | export | bench``."""
 
 from __future__ import annotations
 
@@ -74,6 +74,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     out = write_report(args.folder, args.out, paper=args.paper)
     print(f"wrote {out / 'report.md'} and {out / 'figure.png'}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import write_comparison
+
+    out = write_comparison(args.runs, args.out or args.runs[0])
+    print((out / "compare.md").read_text())
+    print(f"wrote {out / 'compare.md'} and {out / 'compare.png'}", file=sys.stderr)
     return 0
 
 
@@ -166,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="where to write report.md and figure.png (default: the first folder)")
     report.add_argument("--paper", action="store_true", help="add the SIR paper's reported values as dashed reference lines")
     report.set_defaults(func=cmd_report)
+    compare = sub.add_parser("compare", help="runs side by side, step by step: accuracy, old/new accuracy, logit bias (table and figure)")
+    compare.add_argument("runs", nargs="+", help="run folders")
+    compare.add_argument("--out", help="where to write compare.md and compare.png (default: the first run folder)")
+    compare.set_defaults(func=cmd_compare)
     evaluate = sub.add_parser("eval", help="evaluate a run's checkpoint (CNN, and NME where the method has it) on its test set or other data")
     evaluate.add_argument("run", help="run folder")
     evaluate.add_argument("--step", type=int, help="the step whose checkpoint to evaluate (default: the last)")
