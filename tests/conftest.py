@@ -23,6 +23,18 @@ from sircil.training.phase import Step
 FASHION_ROOT = Path(os.environ.get("SIRCIL_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
 
+# The slow tier (bash test.sh -m "not slow" leaves it out): modules of whole training runs or of
+# several processes, tests named *end_to_end*, and tests of fixtures that train runs (*runs).
+SLOW_MODULES = {"test_end_to_end", "test_resume", "test_distributed", "test_behaviour_pinned", "test_packed_sweep", "test_inference", "test_compile"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in SLOW_MODULES or "end_to_end" in item.name or any(f.endswith("runs") for f in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
     """A Trainer built directly sets the process's thread count; later tests must not inherit it."""

@@ -148,6 +148,7 @@ def test_inference_uses_raw_logits(runs):
     assert raw_accuracy == pytest.approx(metrics["last_accuracy"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_full_sir_with_it_writes_similarity_and_pairs(fashion_root, tmp_path):
     raw = mini(sir={"enabled": True, "fc": 1.0, "ca": 0.8, "it": 0.5}, method={"name": "icarl"}, train={"epochs": 1})
     metrics = run_experiment(make_config(raw), tmp_path / "it")

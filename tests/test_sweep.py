@@ -58,6 +58,7 @@ def test_sweep_file_errors_name_the_problem(tmp_path):
         grid(spec)[0].config(spec.overrides, None)
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_redoing_runs_and_trains_each_base_once(fashion_root, tmp_path, monkeypatch):
     path = write_sweep(tmp_path)
     out = tmp_path / "out"
