@@ -273,3 +273,22 @@ def test_compare_puts_runs_side_by_side_step_by_step(tmp_path):
         write_comparison([tmp_path / "pod"], tmp_path / "cmp")
     with pytest.raises(ReportError, match="not a run folder"):
         write_comparison([tmp_path / "pod", tmp_path], tmp_path / "cmp")
+
+
+@pytest.mark.slow
+def test_a_failing_run_is_recorded_and_the_rest_of_the_grid_still_runs(fashion_root, tmp_path, monkeypatch):
+    """One bad run must not stop a grid (a GPU lease once lost half its grid to one device bug)."""
+    from sircil import trainer
+
+    real = trainer.run_experiment
+
+    def fail_for_seed_1(cfg, folder, **kw):
+        if cfg.seed == 1:
+            raise RuntimeError("simulated device bug")
+        return real(cfg, folder, **kw)
+
+    monkeypatch.setattr(trainer, "run_experiment", fail_for_seed_1)
+    statuses = run_sweep(write_sweep(tmp_path), tmp_path / "out")
+    failed = [s for s in statuses if s["status"] == "failed"]
+    assert len(failed) == 4 and all(s["error"] == "RuntimeError: simulated device bug" for s in failed)
+    assert {s["status"] for s in statuses if s not in failed} == {"ran"}

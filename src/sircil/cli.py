@@ -50,7 +50,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         statuses = run_sweep(args.sweep, out, shard_spec, args.set, overwrite=args.overwrite)
         for status in statuses:
             print(describe(status), file=sys.stderr)
-        return 0
+        failed = [s for s in statuses if s["status"] == "failed"]
+        if failed:
+            print(f"{len(failed)} of {len(statuses)} runs failed (tracebacks above); rerun the same command after fixing them", file=sys.stderr)
+        return 1 if failed else 0
     workers = args.per_device * len(devices)
     where = "the CPU" if devices == ["cpu"] else "GPU " + ",".join(devices)
     print(f"{workers} worker process{'es' if workers > 1 else ''}, {args.per_device} per device on {where}", file=sys.stderr)

@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -242,8 +243,18 @@ def run_sweep(
         if _is_done(folder, cfg) and not overwrite:
             statuses.append({"run": run.name, "status": RunState.FINISHED})
             continue
-        statuses.append(_run_one(run, cfg, folder, overwrite))
+        statuses.append(_run_or_fail(run, cfg, folder, overwrite))
     return statuses
+
+
+def _run_or_fail(run: SweepRun, cfg: Config, folder: RunFolder, overwrite: bool) -> dict[str, Any]:
+    """``_run_one``, with a run that fails recorded as failed (its traceback on stderr) so that the
+    rest of the grid still runs."""
+    try:
+        return _run_one(run, cfg, folder, overwrite)
+    except Exception as exc:
+        traceback.print_exc()
+        return {"run": run.name, "status": RunState.FAILED, "error": f"{type(exc).__name__}: {exc}"}
 
 
 # --- packed sweeps: several worker processes per device ------------------------------------
@@ -386,7 +397,7 @@ def sweep_worker(
             continue  # another worker of this sweep has it
         publish({"run": run.name, "status": RunState.RUNNING})
         try:
-            status = _run_one(run, cfg, folder, overwrite)
+            status = _run_or_fail(run, cfg, folder, overwrite)
         except KeyboardInterrupt:
             publish({"run": run.name, "status": RunState.INTERRUPTED}, replace=True)
             raise
