@@ -284,6 +284,7 @@ class RunFolder:
     def append_epoch(self, record: dict[str, Any]) -> None:
         """One line of metrics.jsonl per epoch (a resumed run repeats the epochs it redoes: the last
         line of a (step, phase, epoch) counts)."""
+        self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
