@@ -148,6 +148,8 @@ def test_reports_name_the_rectifications():
     assert method_label({"method": {"name": "finetune"}, "logit_adjustment": {"enabled": True}}) == "Finetune+LA"
     assert method_label({"method": {"name": "ucir"}, "logit_adjustment": {"enabled": True, "mode": "post_hoc"}}) == "UCIR+LA(post-hoc)"
     assert method_label({"method": {"name": "wa"}}) == "WA" and method_label({"method": {"name": "der"}, "sir": {"enabled": True}}) == "SIR_D"
+    assert method_label({"method": {"name": "wa", "weight_clipping": False, "kd_weight": 2.0, "temperature": 2.0}}) == "WA(weight_clipping=False)(kd_weight=2.0)"
+    assert method_label({"method": {"name": "wa", "weight_clipping": True, "kd_weight": None}}) == "WA"
     assert method_label({"method": {"name": "icarl"}, "sir": {"enabled": True, "sigmoid": "margin"}}) == "iCaRL+SIR(sigmoid=margin)"
     assert method_label({"method": {"name": "podnet"}, "sir": {"enabled": True, "cosine_scale": None}}) == "PODNet+SIR(cosine_scale=None)"
     # a head rule that does not apply to the method's head does not name the run

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .config import UNUSED_BY_METHOD, LogitAdjustmentConfig, SIRConfig
+from .config import METHOD_CONFIGS, UNUSED_BY_METHOD, LogitAdjustmentConfig, SIRConfig
 from .paper import PAPER_AVERAGE_INCREMENTAL_ACCURACY
 from .runfolder import atomic_write_bytes, atomic_write_text
 
@@ -36,9 +36,21 @@ class ReportError(RuntimeError):
     """Nothing to report from the folder given; the message says what was expected."""
 
 
+# Method options that make a variant of the method worth its own row (changed from their defaults)
+VARIANT_KEYS = {"wa": ("weight_clipping", "kd_weight")}
+
+
+def variant_suffix(method: dict[str, Any]) -> str:
+    keys = VARIANT_KEYS.get(method["name"], ())
+    if not keys:
+        return ""
+    defaults = dataclasses.asdict(METHOD_CONFIGS[method["name"]]())
+    return "".join(f"({key}={method[key]})" for key in keys if key in method and method[key] != defaults[key])
+
+
 def method_label(config: dict[str, Any]) -> str:
     name = config["method"]["name"]
-    label = NAMES.get(name, name) + logit_adjustment_suffix(config.get("logit_adjustment") or {})
+    label = NAMES.get(name, name) + variant_suffix(config["method"]) + logit_adjustment_suffix(config.get("logit_adjustment") or {})
     sir = config.get("sir") or {}
     if not sir.get("enabled"):
         return label
@@ -149,7 +161,7 @@ def family(label: str) -> str:
     """The base method of a label: SIR_P -> PODNet, SIR_D -> DER, UCIR+SIR -> UCIR, Finetune+LA -> Finetune,
     DDE -> UCIR (DDE is UCIR with its two parts added)."""
     base = {v: NAMES[k] for k, v in WITH_SIR.items()}.get(label, label)
-    return BUILT_ON.get(base, base.split("+")[0])
+    return BUILT_ON.get(base, base.split("+")[0].split("(")[0])
 
 
 def _sorted_methods(methods: list[str]) -> list[str]:
