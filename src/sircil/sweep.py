@@ -27,6 +27,7 @@ in-process as before.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
@@ -39,7 +40,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .config import Config, ConfigError, load_config, read_yaml_mapping
 from .runfolder import RunFolder, RunFolderError, RunInProgress, atomic_write_json
@@ -451,83 +452,101 @@ def run_packed_sweep(
     for device in devices:
         for run, cfg in zip(runs, configs):
             _check_device(run, cfg, device)
-    visible = {d: ("" if d == "cpu" else _visible_device(d)) for d in devices}
-    threads = max(1, cpu_count() // len(slots))
     session = out / WORKERS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-shard{shard_spec[0]}of{shard_spec[1]}-{os.getpid()}"
     (session / "claims").mkdir(parents=True, exist_ok=True)
-    package_root = str(Path(__file__).resolve().parent.parent)
-    base_cmd = [
+    command = [
         sys.executable, "-m", "sircil", "sweep", str(Path(sweep_file).resolve()), "--out", str(out.resolve()),
         "--shard", f"{shard_spec[0]}/{shard_spec[1]}", *[f"--set={o}" for o in overrides or []],
         *(["--overwrite"] if overwrite else []), "--worker-dir", str(session.resolve()),
     ]
-    workers: list[_Worker] = []
-    signals: list[int] = []  # SIGINT/SIGTERM received by this process
-    signalled: set[int] = set()  # pids of the workers that have the first one
-
-    def forward(signum: int, frame: Any) -> None:
-        signals.append(signum)
-        for w in workers:
-            if w.proc.poll() is None:
-                try:  # a second signal kills: locks of dead processes are taken over on the next run
-                    w.proc.send_signal(signum if len(signals) == 1 else signal.SIGKILL)
-                    signalled.add(w.proc.pid)
-                except ProcessLookupError:
-                    pass
-
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            previous[signum] = signal.signal(signum, forward)
-        except ValueError:  # not the main thread: no forwarding
-            pass
+    pool = _WorkerPool(command, session, threads=max(1, cpu_count() // len(slots)))
     emitted: set[str] = set()
-    try:
+    with pool.forwarding_signals():
         for index, device in enumerate(slots):
-            if signals:  # interrupted while starting workers: the started ones have the signal, start no more
+            if pool.signals:  # interrupted while starting workers: the started ones have the signal, start no more
                 break
-            env = dict(os.environ, CUDA_VISIBLE_DEVICES=visible[device], PYTHONUNBUFFERED="1")
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-            cmd = [*base_cmd, "--worker", str(index)]
-            if device == "cpu":
-                cmd += ["--worker-threads", str(threads)]
-                env["OMP_NUM_THREADS"] = str(threads)
-            log = session / f"worker{index}.log"
-            with open(log, "ab") as fh:  # the child keeps its own descriptor
-                proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-            workers.append(_Worker(index, "cpu" if device == "cpu" else f"cuda {device}", proc, log))
-            if signals and proc.pid not in signalled:  # the signal came while this one started
-                proc.send_signal(signals[0])
-                signalled.add(proc.pid)
-        while any(w.proc.poll() is None for w in workers):
+            pool.start(index, device)
+        while pool.running():
             time.sleep(0.5)
             for entry in _claimed_entries(session):
                 if RunState(entry["status"]) in _FINAL:
                     if entry["run"] not in emitted and on_status is not None:
                         on_status(entry)
                     emitted.add(entry["run"])
-    finally:
-        for w in workers:  # only on an error in this process: never leave workers behind
-            if w.proc.poll() is None:
-                w.proc.terminate()
-        for w in workers:
-            w.proc.wait()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
     statuses = _merge(runs, session)
     unfinished = [run.name for run, cfg in zip(runs, configs) if not _is_done(RunFolder(out / "runs" / run.name), cfg)]
     for status in statuses:
         if status["run"] not in emitted and on_status is not None:
             on_status(status)
-    interrupted = bool(signals)
-    stopped = (130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL)  # how a worker ends on a forwarded signal
-    failed = [
-        f"worker {w.index} ({w.device}) exited with status {w.proc.returncode}; see {w.log}"
-        for w in workers
-        if w.proc.returncode != 0 and not (interrupted and w.proc.returncode in stopped)
-    ]
-    return PackedResult(statuses, unfinished, failed, interrupted, session)
+    return PackedResult(statuses, unfinished, pool.failures(), bool(pool.signals), session)
+
+
+class _WorkerPool:
+    """The worker processes of a packed sweep: started with their device and thread share, sent the
+    signals this process receives (a second one kills), never left behind."""
+
+    def __init__(self, command: list[str], session: Path, threads: int):
+        self.command, self.session, self.threads = command, session, threads
+        self.workers: list[_Worker] = []
+        self.signals: list[int] = []  # SIGINT/SIGTERM received by this process
+        self.signalled: set[int] = set()  # pids of the workers that have the first one
+        self.package_root = str(Path(__file__).resolve().parent.parent)
+
+    def start(self, index: int, device: str) -> None:
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if device == "cpu" else _visible_device(device), PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (self.package_root, os.environ.get("PYTHONPATH")) if p)
+        cmd = [*self.command, "--worker", str(index)]
+        if device == "cpu":
+            cmd += ["--worker-threads", str(self.threads)]
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        log = self.session / f"worker{index}.log"
+        with open(log, "ab") as fh:  # the child keeps its own descriptor
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        self.workers.append(_Worker(index, "cpu" if device == "cpu" else f"cuda {device}", proc, log))
+        if self.signals and proc.pid not in self.signalled:  # the signal came while this one started
+            proc.send_signal(self.signals[0])
+            self.signalled.add(proc.pid)
+
+    def running(self) -> bool:
+        return any(w.proc.poll() is None for w in self.workers)
+
+    def forward(self, signum: int, frame: Any) -> None:
+        self.signals.append(signum)
+        for w in self.workers:
+            if w.proc.poll() is None:
+                try:  # a second signal kills: locks of dead processes are taken over on the next run
+                    w.proc.send_signal(signum if len(self.signals) == 1 else signal.SIGKILL)
+                    self.signalled.add(w.proc.pid)
+                except ProcessLookupError:
+                    pass
+
+    @contextlib.contextmanager
+    def forwarding_signals(self) -> Iterator[None]:
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[signum] = signal.signal(signum, self.forward)
+            except ValueError:  # not the main thread: no forwarding
+                pass
+        try:
+            yield
+        finally:
+            for w in self.workers:  # only on an error in this process: never leave workers behind
+                if w.proc.poll() is None:
+                    w.proc.terminate()
+            for w in self.workers:
+                w.proc.wait()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def failures(self) -> list[str]:
+        stopped = (130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL)  # how a worker ends on a forwarded signal
+        return [
+            f"worker {w.index} ({w.device}) exited with status {w.proc.returncode}; see {w.log}"
+            for w in self.workers
+            if w.proc.returncode != 0 and not (self.signals and w.proc.returncode in stopped)
+        ]
 
 
 def _reports(session: Path) -> list[dict[str, Any]]:
