@@ -71,6 +71,14 @@ def fashion_config(**sections) -> dict:
     return raw
 
 
+def two_step_config(method: dict, **sections) -> dict:
+    """The family's end-to-end run: B6 then 2 steps of 2 classes, 60 / 30 images per class, m = 5, 3 epochs."""
+    return fashion_config(
+        method=method, data={"train_per_class": 60, "test_per_class": 30}, scenario={"base_classes": 6, "steps": 2},
+        memory={"per_class": 5}, train={"epochs": 3, "batch_size": 32, "threads": 1}, **sections,
+    )
+
+
 def make_config(raw: dict):
     return config_from_dict(raw)
 

@@ -12,7 +12,7 @@ from sircil.methods.bic import bias_correction, validation_split
 from sircil.runfolder import RunFolder
 from sircil.trainer import run_experiment
 
-from conftest import fashion_config, make_config, step_context
+from conftest import fashion_config, make_config, two_step_config, step_context
 
 
 def make_bic(**sections):
@@ -92,11 +92,7 @@ def test_stage_2_trains_alpha_and_beta_only_on_unaugmented_validation_images():
 
 
 def test_bic_end_to_end_corrects_every_increment(fashion_root, tmp_path):
-    raw = fashion_config(
-        method={"name": "bic"}, data={"train_per_class": 60, "test_per_class": 30}, scenario={"base_classes": 6, "steps": 2},
-        memory={"per_class": 5}, train={"epochs": 3, "batch_size": 32, "threads": 1},
-    )
-    metrics = run_experiment(make_config(raw), tmp_path / "run")
+    metrics = run_experiment(make_config(two_step_config({"name": "bic"})), tmp_path / "run")
     assert metrics["finished"] and metrics["accuracy_matrix"][0][0] > 100 / 6 + 10  # the base step learned
     log = (tmp_path / "run" / "log.txt").read_text()
     assert log.count("BiC: new classes' logits corrected as") == 2

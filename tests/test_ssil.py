@@ -15,7 +15,7 @@ from sircil.trainer import run_experiment
 from sircil.training.loop import Fitter
 from sircil.training.phase import Phase, Step
 
-from conftest import epoch_losses, fashion_config, make_config
+from conftest import epoch_losses, make_config, two_step_config
 
 
 def test_separated_softmax_is_the_official_split_of_the_batch():
@@ -75,11 +75,7 @@ def test_every_batch_gets_its_replayed_exemplars(fashion_root, tmp_path):
 
 
 def test_ssil_end_to_end(fashion_root, tmp_path):
-    raw = fashion_config(
-        method={"name": "ssil", "replay_batch": 8}, data={"train_per_class": 60, "test_per_class": 30},
-        scenario={"base_classes": 6, "steps": 2}, memory={"per_class": 5}, train={"epochs": 3, "batch_size": 32, "threads": 1},
-    )
-    metrics = run_experiment(make_config(raw), tmp_path / "run")
+    metrics = run_experiment(make_config(two_step_config({"name": "ssil", "replay_batch": 8})), tmp_path / "run")
     assert metrics["finished"] and metrics["accuracy_matrix"][0][0] > 100 / 6 + 10
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "task_kd" in log and "separated_ce" in log

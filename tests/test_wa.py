@@ -11,7 +11,7 @@ from sircil.methods.wa import WAConfig, align_weights, distillation_loss
 from sircil.runfolder import RunFolder
 from sircil.trainer import run_experiment
 
-from conftest import fashion_config, make_config
+from conftest import fashion_config, make_config, two_step_config
 
 
 def test_distillation_is_hintons_kd_on_the_old_classes():
@@ -50,11 +50,7 @@ def test_losses_weighted_by_the_share_of_old_classes():
 
 
 def test_wa_end_to_end_clips_and_aligns(fashion_root, tmp_path):
-    raw = fashion_config(
-        method={"name": "wa"}, data={"train_per_class": 60, "test_per_class": 30}, scenario={"base_classes": 6, "steps": 2},
-        memory={"per_class": 5}, train={"epochs": 3, "batch_size": 32, "threads": 1},
-    )
-    metrics = run_experiment(make_config(raw), tmp_path / "run")
+    metrics = run_experiment(make_config(two_step_config({"name": "wa"})), tmp_path / "run")
     assert metrics["finished"] and metrics["accuracy_matrix"][0][0] > 100 / 6 + 10  # the base step learned
     log = (tmp_path / "run" / "log.txt").read_text()
     assert log.count("WA: new classes' weights scaled by gamma") == 2

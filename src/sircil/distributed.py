@@ -46,7 +46,7 @@ class Distributed:
         box: list[Any] = [None]
         if self.is_main:
             try:
-                box[0] = ("ok", _to_cpu(fn()))
+                box[0] = ("ok", to_cpu(fn()))
             except BaseException as exc:  # noqa: BLE001  (travels to the other ranks, then re-raised)
                 box[0] = ("error", exc)
         dist.broadcast_object_list(box, src=0)
@@ -113,11 +113,12 @@ def from_environment(cuda: bool) -> Distributed:
     return Distributed(rank=rank, world=world, local_rank=local_rank)
 
 
-def _to_cpu(value: Any) -> Any:
+def to_cpu(value: Any) -> Any:
+    """Tensors, also inside dicts, lists and tuples, moved to the CPU."""
     if isinstance(value, torch.Tensor):
         return value.cpu()
     if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
+        return {k: to_cpu(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
+        return type(value)(to_cpu(v) for v in value)
     return value

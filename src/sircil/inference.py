@@ -22,6 +22,7 @@ from .data.augment import Normalizer
 from .data.custom import decode_image
 from .data.datasets import DatasetSpec
 from .data.scenario import Scenario
+from .distributed import to_cpu
 from .methods import Method, method_class
 from .plugins import build_plugins
 from .runfolder import RunFolder, RunFolderError, atomic_torch_save, default_out
@@ -50,33 +51,29 @@ def evaluate_run(folder: str | Path, step: int | None = None, overrides: Sequenc
 
 def export_run(folder: str | Path, out: str | Path, step: int | None = None, device: str | None = None) -> Path:
     """One self-contained file for ``load_run`` and ``sircil predict``."""
-    trainer = _trainer(Path(folder), (), device)
+    atomic_torch_save(Path(out), _bundle(Path(folder), step, device))
+    return Path(out)
+
+
+def _bundle(folder: Path, step: int | None, device: str | None) -> dict[str, Any]:
+    """What an exported file holds, from a run folder's checkpoint of ``step``."""
+    trainer = _trainer(folder, (), device)
     step_info = trainer.restore_for_inference(step)
     method = trainer.method
     means = trainer.evaluator.class_means(trainer.memory.indices().to(trainer.device), step_info.end) if method.has_nme else None
     n = trainer.normalizer
-    bundle = {
+    return {
         "format": EXPORT_FORMAT,
         "config": trainer.cfg.to_dict(),
         "spec": dataclasses.asdict(trainer.spec),
         "step": step_info.index,
         "class_names": trainer.class_names[: step_info.end],
-        "method_state": _to_cpu(method.state_dict()),
+        "method_state": to_cpu(method.state_dict()),
         "normalizer": {"shift": n.shift.cpu(), "scale": n.scale.cpu(), "fill": n.fill.cpu(), "eval_crop": n.eval_crop},
         "image_size": int(trainer.train_split.images.shape[-1]),
         "class_means": None if means is None else means.cpu(),
         "plugins": {name: plugin.inference_state() for name, plugin in trainer.plugins.items()},
     }
-    atomic_torch_save(Path(out), bundle)
-    return Path(out)
-
-
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    return value
 
 
 @dataclass
@@ -132,12 +129,7 @@ def load_run(path: str | Path, step: int | None = None, device: str = "cpu") -> 
     if path.is_dir():
         if not RunFolder(path).config_file.is_file():
             raise RunFolderError(f"{path} is not a run folder: no config.yaml in it")
-        file = path / ".export.tmp.pt"
-        try:
-            export_run(path, file, step, device)
-            model = load_run(file, device=device)
-        finally:
-            file.unlink(missing_ok=True)
+        model = _model(_bundle(path, step, device), device)
         metrics_file = RunFolder(path).metrics_file
         model.metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
         return model
@@ -149,6 +141,10 @@ def load_run(path: str | Path, step: int | None = None, device: str = "cpu") -> 
         raise RunFolderError(f"{path} is not a model exported by `sircil export` ({exc})") from None
     if not isinstance(bundle, dict) or bundle.get("format") != EXPORT_FORMAT:
         raise RunFolderError(f"{path} is not a model exported by `sircil export` (format {EXPORT_FORMAT}); for a run folder give the folder")
+    return _model(bundle, device)
+
+
+def _model(bundle: dict[str, Any], device: str) -> TrainedModel:
     cfg = config_from_dict(bundle["config"])
     spec = DatasetSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in bundle["spec"].items()})
     target = resolve_device(device)

@@ -95,6 +95,10 @@ class Trainer:
     def step_info(self, t: int) -> Step:
         return Step(t, self.scenario.start(t), self.scenario.end(t))
 
+    def task_bounds(self, step: Step) -> list[tuple[int, int]]:
+        """The class range of every step up to ``step``, for per-task accuracies."""
+        return [(self.scenario.start(j), self.scenario.end(j)) for j in range(step.index + 1)]
+
     def run(self) -> dict[str, Any]:
         first = self._resume()
         self.log.info(
@@ -126,9 +130,7 @@ class Trainer:
         """The step's training set and context; the plug-ins measure it on the previous step's model,
         then the method grows its model and prepares it."""
         step = self.step_info(t)
-        labels = self.train_split.labels
-        new_idx = torch.nonzero((labels >= step.start) & (labels < step.end)).flatten()
-        mem_idx = self.memory.indices().to(self.device)
+        new_idx, mem_idx = self.step_data(step)
         self.log.info(
             "step %d/%d: classes %d-%d new (%s), %d new images + %d exemplars of %d old classes",
             t, self.scenario.num_steps - 1, step.start, step.end - 1,
@@ -136,6 +138,12 @@ class Trainer:
             new_idx.numel(), mem_idx.numel(), step.num_old,
         )
         return step, self.prepare(step, torch.cat([new_idx, mem_idx]))
+
+    def step_data(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's training set: every image of its new classes, and the memory's exemplars."""
+        labels = self.train_split.labels
+        new_idx = torch.nonzero((labels >= step.start) & (labels < step.end)).flatten()
+        return new_idx, self.memory.indices().to(self.device)
 
     def prepare(self, step: Step, indices: torch.Tensor) -> StepContext:
         ctx = self.context(step, indices)
@@ -155,9 +163,8 @@ class Trainer:
         images_seen, train_seconds = self.train_main(ctx, partial)
         self.update_memory(step)
         self.method.after_step(ctx)
-        bounds = [(self.scenario.start(j), self.scenario.end(j)) for j in range(step.index + 1)]
         plugins = list(self.plugins.values())
-        record, row, row_nme = self.dist.from_main(lambda: self.evaluator.evaluate(step, bounds, ctx.memory_indices(), plugins))
+        record, row, row_nme = self.dist.from_main(lambda: self.evaluator.evaluate(step, self.task_bounds(step), ctx.memory_indices(), plugins))
         counts = self.memory.counts()
         record.update(
             memory_size=sum(counts.values()),
@@ -315,7 +322,6 @@ class Trainer:
         self.log.info("resuming after step %d from %s", t, self.folder.checkpoint_path(t))
         return t + 1
 
-
     def restore(self, state: dict[str, Any], first: int = 0) -> int:
         """The model and memory of a checkpoint; the model grows from step ``first`` (steps before it
         already grown) to the checkpoint's. Returns its step."""
@@ -337,9 +343,7 @@ class Trainer:
         if t > 0:
             self.restore(self.folder.load_checkpoint(t - 1))
         step = self.step_info(t)
-        labels = self.train_split.labels
-        new_idx = torch.nonzero((labels >= step.start) & (labels < step.end)).flatten()
-        ctx = self.context(step, torch.cat([new_idx, self.memory.indices().to(self.device)]))
+        ctx = self.context(step, torch.cat(self.step_data(step)))
         for plugin in self.plugins.values():
             plugin.begin_step(ctx, self.method.head)
         self.restore(state, first=t)
@@ -347,9 +351,8 @@ class Trainer:
 
     def evaluate_step(self, step: Step) -> dict[str, Any]:
         """The record of ``step`` on the run's test set (or the data the config now names)."""
-        bounds = [(self.scenario.start(j), self.scenario.end(j)) for j in range(step.index + 1)]
         memory = self.memory.indices().to(self.device)
-        record, row, row_nme = self.evaluator.evaluate(step, bounds, memory, list(self.plugins.values()))
+        record, row, row_nme = self.evaluator.evaluate(step, self.task_bounds(step), memory, list(self.plugins.values()))
         return {**record, "accuracy_per_task": row, **({"accuracy_per_task_nme": row_nme} if row_nme is not None else {})}
 
 

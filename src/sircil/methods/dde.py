@@ -98,7 +98,7 @@ class DDE(UCIR):
         # The backbone has not trained yet: these are the old model's features (the official code
         # takes them from the frozen reference model).
         features = ctx.embed_indices(ctx.indices)
-        labels = ctx.labels[ctx.indices]
+        labels = ctx.step_labels
         nearest = nearest_new_neighbours(features, labels >= step.start, self.options.top_k)
         self.neighbours = torch.full((ctx.labels.numel(), nearest.shape[1]), -1, dtype=torch.long, device=ctx.indices.device)
         self.neighbours[ctx.indices] = ctx.indices[nearest]
