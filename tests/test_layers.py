@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sircil"
 # top to bottom; a module's layer is that of its longest matching prefix
 LAYERS = {
     "cli": 7, "__main__": 7,
-    "sweep": 6, "bench": 6, "report": 6, "inference": 6, "compare": 6,
+    "sweep": 6, "packed_sweep": 6, "bench": 6, "report": 6, "inference": 6, "compare": 6,
     "trainer": 5,
     "methods": 4,
     "plugins": 3,

@@ -13,7 +13,8 @@ import yaml
 
 from sircil.cli import main
 from sircil.config import ConfigError
-from sircil.sweep import cpu_count, parse_devices, plan_devices, run_sweep
+from sircil.packed_sweep import cpu_count, parse_devices, plan_devices
+from sircil.sweep import run_sweep
 
 from test_sweep import write_sweep
 

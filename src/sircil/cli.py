@@ -38,7 +38,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import describe, parse_shard, plan_devices, run_packed_sweep, run_sweep, sweep_worker
+    from .packed_sweep import plan_devices, run_packed_sweep, sweep_worker
+    from .sweep import describe, parse_shard, run_sweep
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.sweep).stem
     shard_spec = parse_shard(args.shard)

@@ -282,7 +282,7 @@ class Config:
                 content.pop(section)
         for key in ("threads", "checkpoint_every", "compile"):
             content.get("train", {}).pop(key, None)
-        _milestonesmilestone_epochs(content.get("train", {}), self.train)
+        _hash_milestones_as_epochs(content.get("train", {}), self.train)
         content.setdefault("method", {})["name"] = self.method.name
         text = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
@@ -296,7 +296,7 @@ def milestone_epochs(stones: list[int | float], epochs: int) -> list[int | float
     return [round(m * epochs) if m < 1 else m for m in stones]
 
 
-def _milestonesmilestone_epochs(content: dict[str, Any], train: TrainConfig) -> None:
+def _hash_milestones_as_epochs(content: dict[str, Any], train: TrainConfig) -> None:
     """Milestones given as fractions hash as the epochs they stand for, so [0.7, 0.9] of 20 epochs
     and [14, 18] are one recipe (and runs recorded with the latter keep their hashes)."""
     if "milestones" in content:

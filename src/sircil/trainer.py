@@ -192,7 +192,7 @@ class Trainer:
         cache = None
         if step.index == 0:
             counts = torch.bincount(self.train_split.labels[ctx.indices]).tolist()
-            cache = base_cache_path(self.cfg, self.device.type, counts, self.plugins)
+            cache = base_cache_path(self.cfg, self.device.type, counts, self.plugins, self.method.base_step_key(self.cfg.method))
         with contextlib.ExitStack() as held:
 
             def lookup() -> dict[str, Any] | None:  # the claim makes a concurrent run wait for this base step, not retrain it

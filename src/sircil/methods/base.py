@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Config, MethodConfig
+from ..config import Config, MethodConfig, non_default
 from ..data.datasets import DatasetSpec
 from ..models import IncrementalLinear, build_backbone
 from ..training.context import HeadSpec, StepContext
@@ -54,6 +54,12 @@ class Method:
     # The classifier the classification loss meets: the logits entry plug-ins adjust, the scale of
     # cosine similarities where there is one (SIR's IT margins are given before it), the kind.
     head: ClassVar[HeadSpec] = HeadSpec()
+    # Options that act only from the first increment on: left out of the base-step cache key, so
+    # runs that differ only in them share one trained base model (tests/test_base_cache.py trains
+    # the base step with each of them changed and checks it is bit for bit the same).
+    incremental_options: ClassVar[tuple[str, ...]] = ()
+    # The method whose base step this one trains, where it is another's (DDE trains UCIR's).
+    base_step_of: ClassVar[str | None] = None
 
     def __init__(self, cfg: Config, spec: DatasetSpec):
         self.cfg = cfg
@@ -112,6 +118,13 @@ class Method:
         training's momentum and weight decay unless ``options`` say otherwise."""
         options = {"momentum": self.cfg.train.momentum, "weight_decay": self.cfg.train.weight_decay, **options}
         return Phase(name=name, indices=indices, epochs=epochs, lr=lr, loss_fn=loss_fn, param_groups=[{"params": params}], **options)
+
+    @classmethod
+    def base_step_key(cls, options: MethodConfig) -> dict[str, Any]:
+        """The method's part of the base-step cache key: the name of the method whose base step it
+        trains and its options at non-default values, less the incremental ones."""
+        kept = {k: v for k, v in non_default(options).items() if k not in cls.incremental_options}
+        return {"name": cls.base_step_of or cls.name, **kept}
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict()}

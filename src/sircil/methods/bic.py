@@ -104,6 +104,7 @@ def validation_split(
 class BiC(DistillsLogits):
     name = "bic"
     Config = BiCConfig
+    incremental_options = ("temperature", "val_fraction", "bias_epochs", "bias_lr", "bias_milestones", "beta_l2")
 
     def build_model(self) -> nn.Module:
         return BiasCorrectedNet(self.build_backbone(), IncrementalLinear(self.feature_dim))

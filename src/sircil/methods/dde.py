@@ -83,6 +83,8 @@ def remove_momentum_effect(logits: torch.Tensor, features: torch.Tensor, weights
 class DDE(UCIR):
     name = "dde"
     Config = DDEConfig
+    incremental_options = (*UCIR.incremental_options, "top_k", "momentum", "effect_weight")
+    base_step_of = "ucir"  # the base step is UCIR's: the two DDE parts start with the first increment
 
     def __init__(self, cfg, spec):
         super().__init__(cfg, spec)

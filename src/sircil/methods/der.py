@@ -143,6 +143,7 @@ def auxiliary_loss(aux_logits: torch.Tensor, y: torch.Tensor, start: int) -> tor
 class DER(Method):
     name = "der"
     Config = DERConfig
+    incremental_options = ("aux_weight", "balanced_epochs", "balanced_lr", "balanced_milestones", "balanced_temperature", "sir_aux")
 
     def __init__(self, cfg: Config, spec: DatasetSpec):
         super().__init__(cfg, spec)

@@ -89,6 +89,7 @@ def pod_flat_loss(features: torch.Tensor, old_features: torch.Tensor) -> torch.T
 class PODNet(Method):
     name = "podnet"
     Config = PODNetConfig
+    incremental_options = ("pod_spatial", "pod_flat", "finetune_epochs", "finetune_lr", "finetune_frozen_bn")
     has_nme = True
     head = HeadSpec(scale="scale", kind="cosine")
 

@@ -61,6 +61,7 @@ def task_wise_distillation(logits: torch.Tensor, old_logits: torch.Tensor, tasks
 class SSIL(DistillsLogits):
     name = "ssil"
     Config = SSILConfig
+    incremental_options = ("replay_batch", "temperature")
 
     def __init__(self, cfg: Config, spec: DatasetSpec):
         super().__init__(cfg, spec)

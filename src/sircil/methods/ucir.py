@@ -77,6 +77,7 @@ def margin_ranking_loss(cosines: torch.Tensor, y: torch.Tensor, num_old: int, k:
 class UCIR(Method):
     name = "ucir"
     Config = UCIRConfig
+    incremental_options = ("lambda_base", "margin", "hard_negatives", "ranking_weight", "cbf_epochs", "cbf_lr", "cbf_milestones")
     has_nme = True
     head = HeadSpec(scale="scale", kind="cosine")
 

@@ -49,6 +49,7 @@ def align_weights(weight: torch.Tensor, num_old: int) -> float:
 class WA(DistillsLogits):
     name = "wa"
     Config = WAConfig
+    incremental_options = ("temperature", "kd_weight")
 
     def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
         ce = classification_loss(out["logits"], y)

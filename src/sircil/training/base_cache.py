@@ -1,9 +1,10 @@
 """The base-step cache key: exactly what a trained base model depends on.
 
 Runs that differ only after the base step (memory size, later steps, SIR on equally frequent
-base classes, evaluation settings) share one trained base model. Every config field is either
-in the key or excluded here with its reason; a test classifies every field, so a new option
-cannot silently reuse a stale base model.
+base classes, a method's incremental options, evaluation settings) share one trained base model.
+Every config field is either in the key or excluded here with its reason, and a method lists the
+options of its own that act only from the first increment on (``Method.incremental_options``);
+tests classify every field, so a new option cannot silently reuse a stale base model.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import __version__
-from ..config import Config, non_default
+from ..config import Config, milestone_epochs, non_default
 
 # Sections keyed whole (their non-default fields): the base step's data, network and method.
 KEYED_SECTIONS = ("data", "model", "method")
@@ -44,11 +45,15 @@ class KeyedPlugin(Protocol):
     def cache_key(self, counts: list[int]) -> Any: ...
 
 
-def base_cache_key(cfg: Config, device_type: str, counts: list[int], plugins: dict[str, KeyedPlugin]) -> dict[str, Any]:
+def base_cache_key(cfg: Config, device_type: str, counts: list[int], plugins: dict[str, KeyedPlugin],
+                   method: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``method``: the method's part (``Method.base_step_key``); by default its name and every non-default option."""
     tc = cfg.train
+    epochs = tc.base_epochs or tc.epochs
     train = {
-        "epochs": tc.base_epochs or tc.epochs, "lr": tc.base_lr or tc.lr,
-        "milestones": tc.base_milestones if tc.base_milestones is not None else tc.milestones,
+        "epochs": epochs, "lr": tc.base_lr or tc.lr,
+        # as epochs: [0.5, 0.75] of 20 epochs and [10, 15] train one base model
+        "milestones": milestone_epochs(tc.base_milestones if tc.base_milestones is not None else tc.milestones, epochs),
         "batch_size": tc.batch_size, "momentum": tc.momentum,
         "weight_decay": tc.base_weight_decay if tc.base_weight_decay is not None else tc.weight_decay, "scheduler": tc.scheduler,
         "lr_decay": tc.lr_decay, "channels_last": tc.channels_last, "grad_clip_value": tc.grad_clip_value, "precision": tc.precision,
@@ -58,7 +63,7 @@ def base_cache_key(cfg: Config, device_type: str, counts: list[int], plugins: di
         "seed": cfg.seed,
         "data": non_default(cfg.data),
         "model": non_default(cfg.model),
-        "method": {"name": cfg.method.name, **non_default(cfg.method)},
+        "method": method or {"name": cfg.method.name, **non_default(cfg.method)},
         "base_classes": cfg.scenario.base_classes,
         "train": {k: v for k, v in train.items() if (k, v) not in (("grad_clip_value", None), ("precision", "fp32"))},
         "device": device_type,
@@ -72,10 +77,11 @@ def base_cache_key(cfg: Config, device_type: str, counts: list[int], plugins: di
     return key
 
 
-def base_cache_path(cfg: Config, device_type: str, counts: list[int], plugins: dict[str, KeyedPlugin]) -> Path | None:
+def base_cache_path(cfg: Config, device_type: str, counts: list[int], plugins: dict[str, KeyedPlugin],
+                    method: dict[str, Any] | None = None) -> Path | None:
     """Cache file of the trained base model, or None without ``cache_dir``."""
     if cfg.cache_dir is None:
         return None
-    key = base_cache_key(cfg, device_type, counts, plugins)
+    key = base_cache_key(cfg, device_type, counts, plugins, method)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return Path(cfg.cache_dir) / f"base-{cfg.method.name}-{digest}.pt"
+    return Path(cfg.cache_dir) / f"base-{key['method']['name']}-{digest}.pt"
