@@ -39,13 +39,13 @@ COMMON="  - train.device=$DEVICE
 for extra in ${SIRCIL_LEASE_SET:-}; do COMMON="$COMMON
   - $extra"; done
 # What the Fashion-MNIST grid still lacks (the 2026-11-26 lease ran the rest): DDE, too slow for a
-# CPU, and WA's two variants (no clipping; PyCIL's), every memory size, three seeds.
+# CPU, and WA's two variants (no clipping; PyCIL's), three seeds; m = 1 last, as the CPU ran it.
 cat > configs/sweeps/_lease_family.yaml <<EOF2
 methods:
   DDE: ../fashion_mnist/dde_b2_4steps.yaml
   WA(no clipping): {config: ../fashion_mnist/wa_b2_4steps.yaml, overrides: [method.weight_clipping=false]}
   WA(PyCIL): {config: ../fashion_mnist/wa_b2_4steps.yaml, overrides: [method.weight_clipping=false, method.kd_weight=2]}
-memory_per_class: [1, 5, 20]
+memory_per_class: [5, 20, 1]
 seeds: [1993, 1994, 1995]
 overrides:
 $COMMON

@@ -37,7 +37,7 @@ BASE_OPTIONS = {"der": {"warmup_epochs": 1}}  # DER's default warmup is longer t
 
 def tiny(method: dict, cache_dir, **sections) -> dict:
     return fashion_config(
-        method=method, data={"train_per_class": 20, "test_per_class": 10}, scenario={"base_classes": 4, "steps": 1},
+        method=method, data={"train_per_class": 20, "test_per_class": 10}, scenario={"base_classes": 8, "steps": 1},
         memory={"per_class": 2}, train={"epochs": 2, "batch_size": 16, "threads": 1, "checkpoint_every": 0},
         cache_dir=str(cache_dir), **sections,
     )
@@ -47,7 +47,7 @@ def key_of(raw: dict) -> str:
     """The cache file a run of ``raw`` would use for its base step."""
     cfg = make_config(raw)
     part = METHODS[cfg.method.name].base_step_key(cfg.method)
-    return base_cache_path(cfg, "cpu", [20] * 4, build_plugins(cfg), part).name
+    return base_cache_path(cfg, "cpu", [20] * 8, build_plugins(cfg), part).name
 
 
 def test_every_declared_option_exists_and_is_changed_here():
@@ -75,7 +75,7 @@ def test_fractional_milestones_key_as_the_epochs_they_stand_for(tmp_path):
         raw = tiny({"name": "finetune"}, tmp_path)
         raw["train"].update(epochs=20, scheduler="step", milestones=milestones)
         cfg = make_config(raw)
-        return json.dumps(base_cache_key(cfg, "cpu", [20] * 4, build_plugins(cfg)), sort_keys=True)
+        return json.dumps(base_cache_key(cfg, "cpu", [20] * 8, build_plugins(cfg)), sort_keys=True)
 
     assert key([0.5, 0.75]) == key([10, 15])
     assert key([0.5, 0.8]) != key([10, 15])

@@ -11,8 +11,8 @@ import torch._dynamo
 
 from sircil.config import load_config
 from sircil.models import CifarResNet
-from sircil.runfolder import RunFolder
-from sircil.trainer import Trainer, quiet_logger
+from sircil.runfolder import RunFolder, quiet_logger
+from sircil.trainer import Trainer
 from sircil.training.loop import TrainStep, resolve_compile
 from sircil.training.phase import Phase
 

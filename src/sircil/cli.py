@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 from pathlib import Path
 
 from .config import ConfigError, load_config
@@ -12,7 +13,8 @@ from .runfolder import default_out
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .distributed import from_environment
-    from .trainer import resolve_device, run_experiment
+    from .distributed import resolve_device
+    from .trainer import run_experiment
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out) if args.out else default_out(args.config, cfg.hash())
@@ -137,6 +139,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sircil", description="Class-incremental learning with SIR.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_training_commands(sub)
+    _add_result_commands(sub)
+    return parser
+
+
+def _add_training_commands(sub: Any) -> None:
+    """run, config, sweep, bench."""
     run = sub.add_parser("run", help="run one experiment from a YAML config")
     run.add_argument("config", help="YAML file, e.g. configs/fashion_mnist/icarl_b2_4steps.yaml")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. memory.per_class=5 (repeatable)")
@@ -174,6 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--worker-dir", help=argparse.SUPPRESS)
     sweep.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
     sweep.set_defaults(func=cmd_sweep)
+    bench = sub.add_parser(
+        "bench", help="training images/s of sircil's on-device data path vs. the compute limit and a PIL DataLoader",
+    )
+    bench.add_argument("--config", help="recipe of the model and its training (default configs/cifar100/icarl_b50_5steps.yaml)")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.precision=bf16 (repeatable)")
+    bench.add_argument("--train-images", type=int, default=50_000, help="size of the synthetic CIFAR-100-shaped training set (default %(default)s)")
+    bench.add_argument("--data-dir", help="where the synthetic data is cached (default <temp dir>/sircil-bench)")
+    bench.add_argument("--epochs", type=int, default=2, help="epochs of the training set per pipeline (default %(default)s); the first is warmup when > 1")
+    bench.add_argument("--workers", type=int, help="DataLoader worker processes (default the number of CPU cores)")
+    bench.add_argument("--out", help="JSON file (default benchmarks/results/throughput_<device type>.json)")
+    bench.set_defaults(func=cmd_bench)
+
+
+def _add_result_commands(sub: Any) -> None:
+    """report, compare, eval, predict, export: what reads finished runs."""
     report = sub.add_parser("report", help="report.md and figure.png from folders of runs (mean +- std over seeds)")
     report.add_argument("folder", nargs="+", help="sweep folders, or any folders holding run folders (a seed found twice counts once: the first folder's)")
     report.add_argument("--out", help="where to write report.md and figure.png (default: the first folder)")
@@ -203,18 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--step", type=int, help="the step's model (default: the last)")
     export.add_argument("--device", help="where to compute the exemplar means (default: the run's train.device)")
     export.set_defaults(func=cmd_export)
-    bench = sub.add_parser(
-        "bench", help="training images/s of sircil's on-device data path vs. the compute limit and a PIL DataLoader",
-    )
-    bench.add_argument("--config", help="recipe of the model and its training (default configs/cifar100/icarl_b50_5steps.yaml)")
-    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.precision=bf16 (repeatable)")
-    bench.add_argument("--train-images", type=int, default=50_000, help="size of the synthetic CIFAR-100-shaped training set (default %(default)s)")
-    bench.add_argument("--data-dir", help="where the synthetic data is cached (default <temp dir>/sircil-bench)")
-    bench.add_argument("--epochs", type=int, default=2, help="epochs of the training set per pipeline (default %(default)s); the first is warmup when > 1")
-    bench.add_argument("--workers", type=int, help="DataLoader worker processes (default the number of CPU cores)")
-    bench.add_argument("--out", help="JSON file (default benchmarks/results/throughput_<device type>.json)")
-    bench.set_defaults(func=cmd_bench)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

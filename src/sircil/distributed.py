@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .runfolder import RunFolderError
+
 T = TypeVar("T")
 
 
@@ -122,3 +124,13 @@ def to_cpu(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(to_cpu(v) for v in value)
     return value
+
+
+def resolve_device(name: str) -> torch.device:
+    """``train.device`` as a device; ``auto`` is CUDA where available."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunFolderError(f"train.device={name} but CUDA is not available here; use --set train.device=cpu or auto")
+    return device

@@ -22,11 +22,11 @@ from .data.augment import Normalizer
 from .data.custom import decode_image
 from .data.datasets import DatasetSpec
 from .data.scenario import Scenario
-from .distributed import to_cpu
+from .distributed import resolve_device, to_cpu
 from .methods import Method, method_class
 from .plugins import build_plugins
-from .runfolder import RunFolder, RunFolderError, atomic_torch_save, default_out
-from .trainer import Trainer, quiet_logger, resolve_device, run_experiment
+from .runfolder import RunFolder, RunFolderError, atomic_torch_save, default_out, quiet_logger
+from .trainer import Trainer, run_experiment
 from .training.phase import Step
 
 EXPORT_FORMAT = "sircil-model/1"

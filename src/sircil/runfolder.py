@@ -340,3 +340,11 @@ def setup_logger(path: Path, name: str = "sircil") -> logging.Logger:
     console.setFormatter(fmt)
     log.addHandler(console)
     return log
+
+
+def quiet_logger(rank: int) -> logging.Logger:
+    """Ranks other than 0 log nothing: rank 0 speaks for the run."""
+    log = logging.getLogger(f"sircil.rank{rank}")
+    log.propagate = False
+    log.setLevel(logging.CRITICAL + 1)
+    return log

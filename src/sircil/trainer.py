@@ -21,25 +21,17 @@ from .data.augment import BatchAugment, Normalizer
 from .data.datasets import Dataset, load_dataset
 from .data.memory import Memory
 from .data.scenario import Scenario, apply_class_order, resolve_class_order
-from .distributed import SINGLE, Distributed
+from .distributed import SINGLE, Distributed, resolve_device
 from .methods import Method, method_class
 from .plugins import build_plugins
-from .runfolder import LOCK_NAME, RunFolder, RunFolderError, atomic_torch_save, atomic_write_json, claim, exclusive, provenance, setup_logger
-from .training.base_cache import base_cache_path
+from .runfolder import LOCK_NAME, RunFolder, RunFolderError, atomic_write_json, exclusive, provenance, quiet_logger, setup_logger
+from .training.base_cache import base_cache_path, cached_base_step
 from .training.context import StepContext
 from .training.evaluation import Evaluator, peak_memory_mb
 from .training.loop import Fitter, resolve_compile
-from .training.phase import LossFn, Phase, Step, derive_seed
+from .training.phase import LossFn, Phase, Step, derive_seed, main_phase
 from .training.progress import Progress
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunFolderError(f"train.device={name} but CUDA is not available here; use --set train.device=cpu or auto")
-    return device
+from .training.run_log import RunLog
 
 
 class Trainer:
@@ -68,29 +60,15 @@ class Trainer:
         self.plugins = build_plugins(cfg)
         self.class_steps = torch.tensor([self.scenario.step_of_class(k) for k in range(self.spec.num_classes)])
         self.progress = Progress(self.method.has_nme)
+        self.run_log = RunLog(folder, log, cfg.log.tensorboard)
         tc = cfg.train
         self.evaluator = Evaluator(
             self.method, self.train_split, self.test_split, self.normalizer, tc.eval_batch_size, tc.channels_last, tc.precision, augment.flip
         )
         self.fitter = Fitter(
             self.method, tc, cfg.seed, cfg.hash(), self.device, dist, self.train_split, augment, log,
-            self.compile_mode, tc.compile == "auto", folder.save_partial, self.log_epoch,
+            self.compile_mode, tc.compile == "auto", folder.save_partial, self.run_log.epoch,
         )
-        self.tensorboard = None
-
-    def log_epoch(self, record: dict[str, Any]) -> None:
-        """Every epoch in metrics.jsonl and, with ``log.tensorboard``, as TensorBoard scalars."""
-        self.folder.append_epoch(record)
-        if self.cfg.log.tensorboard:
-            if self.tensorboard is None:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tensorboard = SummaryWriter(str(self.folder.path / "tensorboard"))
-            prefix = f"step_{record['step']}/{record['phase']}"
-            for key, value in record.items():
-                if key not in ("step", "phase", "epoch", "epochs"):
-                    self.tensorboard.add_scalar(f"{prefix}/{key}", value, record["epoch"])
-            self.tensorboard.flush()
 
     def step_info(self, t: int) -> Step:
         return Step(t, self.scenario.start(t), self.scenario.end(t))
@@ -182,55 +160,28 @@ class Trainer:
             self.folder.remove_partial(t)
             self.folder.write_metrics(metrics)
             self.folder.write_plot(metrics, f"{self.run_label()} on {self.spec.name}, memory {self.memory_label()}")
-        self.log_step(record)
+        self.run_log.step(record)
 
     def train_main(self, ctx: StepContext, partial: dict[str, Any] | None) -> tuple[int, float]:
         """The step's main phase; the base step is taken from the cache when a run with the same
         base-step training left it there. Returns (images trained on, seconds)."""
         step = ctx.step
         phase = self.main_phase(step, ctx.indices, "train")
-        cache = None
-        if step.index == 0:
-            counts = torch.bincount(self.train_split.labels[ctx.indices]).tolist()
-            cache = base_cache_path(self.cfg, self.device.type, counts, self.plugins, self.method.base_step_key(self.cfg.method))
-        with contextlib.ExitStack() as held:
 
-            def lookup() -> dict[str, Any] | None:  # the claim makes a concurrent run wait for this base step, not retrain it
-                if cache is None:
-                    return None
-                held.enter_context(claim(cache, self.log))
-                return torch.load(cache, map_location="cpu", weights_only=False) if cache.is_file() else None
+        def train() -> tuple[int, float]:
+            return self.fitter.fit(phase, step, checkpoints=True, resume=partial)
 
-            cached = self.dist.from_main(lookup)
-            if cached is not None:
-                self.method.load_state_dict(cached)
-                self.progress.base_step_cached = True
-                self.log.info("step 0: trained base model taken from the cache %s", cache)
-                return 0, 0.0
-            seen = self.fitter.fit(phase, step, checkpoints=True, resume=partial)
-            if cache is not None and self.dist.is_main:
-                atomic_torch_save(cache, self.method.state_dict())
-            return seen
+        if step.index > 0:
+            return train()
+        counts = torch.bincount(self.train_split.labels[ctx.indices]).tolist()
+        cache = base_cache_path(self.cfg, self.device.type, counts, self.plugins, self.method.base_step_key(self.cfg.method))
+        seen, self.progress.base_step_cached = cached_base_step(cache, self.method, train, self.dist, self.log)
+        return seen
 
     def main_phase(self, step: Step, indices: torch.Tensor, name: str) -> Phase:
         """The step's main phase from ``train:`` (the base step's own epochs, lr and milestones
         on step 0), as the method adjusts it."""
-        tc = self.cfg.train
-        base = step.index == 0
-        phase = Phase(
-            name=name,
-            indices=indices,
-            epochs=(tc.base_epochs or tc.epochs) if base else tc.epochs,
-            lr=(tc.base_lr or tc.lr) if base else tc.lr,
-            loss_fn=self.main_loss(step),
-            param_groups=self.method.param_groups(step),
-            scheduler=tc.scheduler,
-            milestones=(tc.base_milestones if tc.base_milestones is not None else tc.milestones) if base else tc.milestones,
-            lr_decay=tc.lr_decay,
-            momentum=tc.momentum,
-            weight_decay=tc.base_weight_decay if base and tc.base_weight_decay is not None else tc.weight_decay,
-            grad_clip_value=tc.grad_clip_value,
-        )
+        phase = main_phase(self.cfg.train, step, name, indices, self.main_loss(step), self.method.param_groups(step))
         return self.method.main_phase(phase, step)
 
     def main_loss(self, step: Step) -> LossFn:
@@ -269,19 +220,6 @@ class Trainer:
     def memory_label(self) -> str:
         m = self.cfg.memory
         return f"{m.per_class}/class" if m.per_class is not None else f"{m.total} total"
-
-    def log_step(self, record: dict[str, Any]) -> None:
-        t = record["step"]
-        self.log.info(
-            "step %d: accuracy %.2f (old %s, new %.2f)%s, %d classes seen",
-            t, record["accuracy"], _fmt(record["accuracy_old"]), record["accuracy_new"],
-            f", NME {record['accuracy_nme']:.2f}" if record.get("accuracy_nme") is not None else "", record["classes_seen"],
-        )
-        if "logit_bias_old_minus_new" in record:
-            self.log.info(
-                "step %d: mean test logit old %.3f / new %.3f, bias old - new %.3f at inference",
-                t, record["mean_logit_old"], record["mean_logit_new"], record["logit_bias_old_minus_new"],
-            )
 
     def metrics(self, finished: bool) -> dict[str, Any]:
         header = {"method": self.cfg.method.name, "dataset": self.spec.name, "config_hash": self.cfg.hash()}
@@ -356,10 +294,6 @@ class Trainer:
         return {**record, "accuracy_per_task": row, **({"accuracy_per_task_nme": row_nme} if row_nme is not None else {})}
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
 def run_experiment(cfg: Config, out: str | Path, resume: bool = False, overwrite: bool = False, dist: Distributed = SINGLE) -> dict[str, Any]:
     """Run (or resume) ``cfg`` in the run folder ``out``. Under ``torchrun`` every process calls
     this with its ``dist``; rank 0 alone locks, prepares and writes the folder."""
@@ -387,11 +321,3 @@ def run_experiment(cfg: Config, out: str | Path, resume: bool = False, overwrite
             for handler in list(log.handlers):
                 handler.close()
                 log.removeHandler(handler)
-
-
-def quiet_logger(rank: int) -> logging.Logger:
-    """Ranks other than 0 log nothing: rank 0 speaks for the run."""
-    log = logging.getLogger(f"sircil.rank{rank}")
-    log.propagate = False
-    log.setLevel(logging.CRITICAL + 1)
-    return log

@@ -9,13 +9,19 @@ tests classify every field, so a new option cannot silently reuse a stale base m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
+
+import torch
 
 from .. import __version__
 from ..config import Config, milestone_epochs, non_default
+from ..distributed import Distributed
+from ..runfolder import atomic_torch_save, claim
 
 # Sections keyed whole (their non-default fields): the base step's data, network and method.
 KEYED_SECTIONS = ("data", "model", "method")
@@ -85,3 +91,32 @@ def base_cache_path(cfg: Config, device_type: str, counts: list[int], plugins: d
     key = base_cache_key(cfg, device_type, counts, plugins, method)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return Path(cfg.cache_dir) / f"base-{key['method']['name']}-{digest}.pt"
+
+
+class StatefulMethod(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def cached_base_step(
+    cache: Path | None, method: StatefulMethod, train: Callable[[], tuple[int, float]], dist: Distributed, log: logging.Logger
+) -> tuple[tuple[int, float], bool]:
+    """The base step from ``cache`` when a run with the same base-step training left it there, else
+    ``train()`` and store it. Returns (images trained on, seconds) and whether it came from the cache."""
+    with contextlib.ExitStack() as held:
+
+        def lookup() -> dict[str, Any] | None:  # the claim makes a concurrent run wait for this base step, not retrain it
+            if cache is None:
+                return None
+            held.enter_context(claim(cache, log))
+            return torch.load(cache, map_location="cpu", weights_only=False) if cache.is_file() else None
+
+        cached = dist.from_main(lookup)
+        if cached is not None:
+            method.load_state_dict(cached)
+            log.info("step 0: trained base model taken from the cache %s", cache)
+            return (0, 0.0), True
+        seen = train()
+        if cache is not None and dist.is_main:
+            atomic_torch_save(cache, method.state_dict())
+        return seen, False

@@ -132,14 +132,7 @@ class Fitter:
         bar = tqdm(range(batches), desc=f"step {step.index} {phase.name} {epoch + 1}/{phase.epochs}", leave=False, disable=not interactive)
         for b in bar:
             idx = phase.indices[perm[b * batch: (b + 1) * batch]]
-            idx = self.dist.shard(idx if replay is None else torch.cat([idx, replay[b]]))
-            y = self.split.labels[idx]
-            if phase.companions is not None:
-                idx = torch.cat([idx, phase.companions(idx)])
-            images = self.split.images[idx]
-            x = self.augment(images, generator, shard) if phase.augment else self.augment.normalizer.eval_view(images)
-            if self.train.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x, y = self.batch(phase, idx if replay is None else torch.cat([idx, replay[b]]), generator, shard)
             if self.compile_mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
             with autocast(self.train.precision, self.device):
@@ -160,8 +153,26 @@ class Fitter:
         totals = self.dist.sum(torch.cat([sums.view(1), terms_sum, correct.view(1).float()])).tolist()
         values = [v / (batches * self.dist.world) for v in totals[:-1]]
         images = batches * (batch + (0 if replay is None else replay.shape[1]))
-        accuracy = 100.0 * totals[-1] / images
         elapsed = time.perf_counter() - start
+        self.report_epoch(phase, step, epoch, list(terms), values, 100.0 * totals[-1] / images, lr, images, elapsed)
+        return images, elapsed
+
+    def batch(self, phase: Phase, idx: torch.Tensor, generator: torch.Generator, shard: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's share of a batch of training-set positions, as augmented images and labels;
+        a phase's companions (DDE's neighbours) ride along after the batch's own images."""
+        idx = self.dist.shard(idx)
+        y = self.split.labels[idx]
+        if phase.companions is not None:
+            idx = torch.cat([idx, phase.companions(idx)])
+        images = self.split.images[idx]
+        x = self.augment(images, generator, shard) if phase.augment else self.augment.normalizer.eval_view(images)
+        if self.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def report_epoch(self, phase: Phase, step: Step, epoch: int, terms: list[str], values: list[float], accuracy: float, lr: float,
+                     images: int, elapsed: float) -> None:
+        """``values``: the mean total loss, then each term's. A non-finite one stops the run."""
         if not all(math.isfinite(v) for v in values):
             raise TrainingError(
                 f"non-finite loss at step {step.index}, phase {phase.name}, epoch {epoch + 1}: "
@@ -179,7 +190,6 @@ class Fitter:
             "step %d %s epoch %d/%d: loss %.4f (%s) acc %.1f lr %.4g %.0f img/s",
             step.index, phase.name, epoch + 1, phase.epochs, values[0], parts, accuracy, lr, images / max(elapsed, 1e-9),
         )
-        return images, elapsed
 
     def replay_batches(self, phase: Phase, batches: int, generator: torch.Generator) -> torch.Tensor | None:
         """``batches`` rows of ``phase.replay_batch`` replay indices: a shuffle of the replay pool

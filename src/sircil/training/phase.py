@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import milestone_epochs
+from ..config import TrainConfig, milestone_epochs
 
 # A phase's loss: (augmented batch, labels) -> (named loss terms, the logits its accuracy is read from)
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]
@@ -118,3 +118,23 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def main_phase(tc: TrainConfig, step: Step, name: str, indices: torch.Tensor, loss_fn: LossFn, param_groups: list[dict[str, Any]]) -> Phase:
+    """A step's main phase as ``train:`` gives it: the base step's own epochs, lr, milestones and
+    weight decay on step 0 where they are set."""
+    base = step.index == 0
+    return Phase(
+        name=name,
+        indices=indices,
+        epochs=(tc.base_epochs or tc.epochs) if base else tc.epochs,
+        lr=(tc.base_lr or tc.lr) if base else tc.lr,
+        loss_fn=loss_fn,
+        param_groups=param_groups,
+        scheduler=tc.scheduler,
+        milestones=(tc.base_milestones if tc.base_milestones is not None else tc.milestones) if base else tc.milestones,
+        lr_decay=tc.lr_decay,
+        momentum=tc.momentum,
+        weight_decay=tc.base_weight_decay if base and tc.base_weight_decay is not None else tc.weight_decay,
+        grad_clip_value=tc.grad_clip_value,
+    )
