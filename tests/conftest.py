@@ -83,6 +83,13 @@ def make_config(raw: dict):
     return config_from_dict(raw)
 
 
+def base_step_key(cfg) -> dict:
+    """The method's part of the base-step cache key, as the trainer makes it."""
+    from sircil.methods import METHODS
+
+    return METHODS[cfg.method.name].base_step_key(cfg.method)
+
+
 def step_context(step: Step, labels: torch.Tensor, **fields) -> StepContext:
     """A step context for a method or plug-in used alone: the step's training set is every label
     given; ``fields`` replace the defaults (e.g. ``fit=phases.append``, ``memory_indices=...``)."""

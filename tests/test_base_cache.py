@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import fashion_config, make_config
+from conftest import base_step_key, fashion_config, make_config
 from sircil.methods import METHODS
 from sircil.plugins import build_plugins
 from sircil.trainer import run_experiment
@@ -46,8 +46,7 @@ def tiny(method: dict, cache_dir, **sections) -> dict:
 def key_of(raw: dict) -> str:
     """The cache file a run of ``raw`` would use for its base step."""
     cfg = make_config(raw)
-    part = METHODS[cfg.method.name].base_step_key(cfg.method)
-    return base_cache_path(cfg, "cpu", [20] * 8, build_plugins(cfg), part).name
+    return base_cache_path(cfg, "cpu", [20] * 8, build_plugins(cfg), base_step_key(cfg)).name
 
 
 def test_every_declared_option_exists_and_is_changed_here():
@@ -75,7 +74,7 @@ def test_fractional_milestones_key_as_the_epochs_they_stand_for(tmp_path):
         raw = tiny({"name": "finetune"}, tmp_path)
         raw["train"].update(epochs=20, scheduler="step", milestones=milestones)
         cfg = make_config(raw)
-        return json.dumps(base_cache_key(cfg, "cpu", [20] * 8, build_plugins(cfg)), sort_keys=True)
+        return json.dumps(base_cache_key(cfg, "cpu", [20] * 8, build_plugins(cfg), base_step_key(cfg)), sort_keys=True)
 
     assert key([0.5, 0.75]) == key([10, 15])
     assert key([0.5, 0.8]) != key([10, 15])

@@ -19,7 +19,7 @@ from sircil.training.base_cache import EXCLUDED, KEYED_FIELDS, KEYED_SECTIONS, b
 from sircil.training.context import HeadSpec
 from sircil.training.phase import Step
 
-from conftest import epoch_losses, fashion_config, make_config, step_context
+from conftest import base_step_key, epoch_losses, fashion_config, make_config, step_context
 
 COUNTS = [5, 5, 40, 20]
 LABELS = torch.tensor(sum(([k] * n for k, n in enumerate(COUNTS)), []))
@@ -98,7 +98,7 @@ def test_every_config_field_is_keyed_or_excluded_from_the_base_cache():
 
 def key_of(**sections) -> str:
     cfg = make_config(fashion_config(**sections))
-    return json.dumps(base_cache_key(cfg, "cpu", COUNTS, build_plugins(cfg)), sort_keys=True)
+    return json.dumps(base_cache_key(cfg, "cpu", COUNTS, build_plugins(cfg), base_step_key(cfg)), sort_keys=True)
 
 
 def test_base_cache_key_follows_its_classification():
@@ -114,7 +114,7 @@ def test_base_cache_key_follows_its_classification():
 def test_the_keys_made_before_plugins_are_kept():
     """Base caches made before SIR became a plug-in stay valid: the same key dictionary."""
     cfg = make_config(fashion_config())
-    key = base_cache_key(cfg, "cpu", [3, 3], {})
+    key = base_cache_key(cfg, "cpu", [3, 3], {}, base_step_key(cfg))
     assert key["sir"] is None and "logit_adjustment" not in key
     assert set(key) == {"sircil", "seed", "data", "model", "method", "base_classes", "train", "device", "sir"}
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from .config import ConfigError, load_config
 from .runfolder import default_out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .distributed import from_environment
-    from .distributed import resolve_device
+    from .distributed import from_environment, resolve_device
     from .trainer import run_experiment
 
     cfg = load_config(args.config, args.set)

@@ -23,12 +23,14 @@ from typing import Any
 import yaml
 
 from .config import METHOD_CONFIGS, UNUSED_BY_METHOD, LogitAdjustmentConfig, SIRConfig
+from .methods import METHODS
 from .paper import PAPER_AVERAGE_INCREMENTAL_ACCURACY
 from .runfolder import atomic_write_bytes, atomic_write_text
 
 NAMES = {"finetune": "Finetune", "icarl": "iCaRL", "ucir": "UCIR", "podnet": "PODNet", "der": "DER", "wa": "WA", "ssil": "SS-IL", "bic": "BiC", "dde": "DDE"}
 WITH_SIR = {"podnet": "SIR_P", "der": "SIR_D"}
-BUILT_ON = {"DDE": "UCIR"}
+# a method that trains another's base step is that method with parts added from the first increment (DDE: UCIR)
+BUILT_ON = {NAMES[name]: NAMES[cls.base_step_of] for name, cls in METHODS.items() if cls.base_step_of}
 ORDER = ["Finetune", "Finetune+SIR", "Finetune+LA", "iCaRL", "iCaRL+SIR", "UCIR", "UCIR+SIR", "DDE", "PODNet", "SIR_P", "DER", "SIR_D", "WA", "BiC", "SS-IL"]
 
 

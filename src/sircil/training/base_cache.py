@@ -22,6 +22,7 @@ from .. import __version__
 from ..config import Config, milestone_epochs, non_default
 from ..distributed import Distributed
 from ..runfolder import atomic_torch_save, claim
+from .phase import step_schedule
 
 # Sections keyed whole (their non-default fields): the base step's data, network and method.
 KEYED_SECTIONS = ("data", "model", "method")
@@ -51,25 +52,19 @@ class KeyedPlugin(Protocol):
     def cache_key(self, counts: list[int]) -> Any: ...
 
 
-def base_cache_key(cfg: Config, device_type: str, counts: list[int], plugins: dict[str, KeyedPlugin],
-                   method: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``method``: the method's part (``Method.base_step_key``); by default its name and every non-default option."""
+def base_cache_key(cfg: Config, device_type: str, counts: list[int], plugins: dict[str, KeyedPlugin], method: dict[str, Any]) -> dict[str, Any]:
+    """``method``: the method's part, ``Method.base_step_key``."""
     tc = cfg.train
-    epochs = tc.base_epochs or tc.epochs
-    train = {
-        "epochs": epochs, "lr": tc.base_lr or tc.lr,
-        # as epochs: [0.5, 0.75] of 20 epochs and [10, 15] train one base model
-        "milestones": milestone_epochs(tc.base_milestones if tc.base_milestones is not None else tc.milestones, epochs),
-        "batch_size": tc.batch_size, "momentum": tc.momentum,
-        "weight_decay": tc.base_weight_decay if tc.base_weight_decay is not None else tc.weight_decay, "scheduler": tc.scheduler,
-        "lr_decay": tc.lr_decay, "channels_last": tc.channels_last, "grad_clip_value": tc.grad_clip_value, "precision": tc.precision,
-    }
+    schedule = step_schedule(tc, base=True)
+    # milestones as epochs: [0.5, 0.75] of 20 epochs and [10, 15] train one base model
+    schedule["milestones"] = milestone_epochs(schedule["milestones"], schedule["epochs"])
+    train = {**schedule, "batch_size": tc.batch_size, "channels_last": tc.channels_last, "precision": tc.precision}
     key: dict[str, Any] = {  # options at their defaults are left out, so that a new option leaves existing keys valid
         "sircil": __version__,
         "seed": cfg.seed,
         "data": non_default(cfg.data),
         "model": non_default(cfg.model),
-        "method": method or {"name": cfg.method.name, **non_default(cfg.method)},
+        "method": method,
         "base_classes": cfg.scenario.base_classes,
         "train": {k: v for k, v in train.items() if (k, v) not in (("grad_clip_value", None), ("precision", "fp32"))},
         "device": device_type,
@@ -83,8 +78,7 @@ def base_cache_key(cfg: Config, device_type: str, counts: list[int], plugins: di
     return key
 
 
-def base_cache_path(cfg: Config, device_type: str, counts: list[int], plugins: dict[str, KeyedPlugin],
-                    method: dict[str, Any] | None = None) -> Path | None:
+def base_cache_path(cfg: Config, device_type: str, counts: list[int], plugins: dict[str, KeyedPlugin], method: dict[str, Any]) -> Path | None:
     """Cache file of the trained base model, or None without ``cache_dir``."""
     if cfg.cache_dir is None:
         return None

@@ -120,21 +120,21 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+def step_schedule(tc: TrainConfig, base: bool) -> dict[str, Any]:
+    """A step's main-phase schedule as ``train:`` gives it: on the base step its own epochs, lr,
+    milestones and weight decay where they are set. The base-step cache key is made from it too."""
+    return {
+        "epochs": (tc.base_epochs or tc.epochs) if base else tc.epochs,
+        "lr": (tc.base_lr or tc.lr) if base else tc.lr,
+        "scheduler": tc.scheduler,
+        "milestones": (tc.base_milestones if tc.base_milestones is not None else tc.milestones) if base else tc.milestones,
+        "lr_decay": tc.lr_decay,
+        "momentum": tc.momentum,
+        "weight_decay": tc.base_weight_decay if base and tc.base_weight_decay is not None else tc.weight_decay,
+        "grad_clip_value": tc.grad_clip_value,
+    }
+
+
 def main_phase(tc: TrainConfig, step: Step, name: str, indices: torch.Tensor, loss_fn: LossFn, param_groups: list[dict[str, Any]]) -> Phase:
-    """A step's main phase as ``train:`` gives it: the base step's own epochs, lr, milestones and
-    weight decay on step 0 where they are set."""
-    base = step.index == 0
-    return Phase(
-        name=name,
-        indices=indices,
-        epochs=(tc.base_epochs or tc.epochs) if base else tc.epochs,
-        lr=(tc.base_lr or tc.lr) if base else tc.lr,
-        loss_fn=loss_fn,
-        param_groups=param_groups,
-        scheduler=tc.scheduler,
-        milestones=(tc.base_milestones if tc.base_milestones is not None else tc.milestones) if base else tc.milestones,
-        lr_decay=tc.lr_decay,
-        momentum=tc.momentum,
-        weight_decay=tc.base_weight_decay if base and tc.base_weight_decay is not None else tc.weight_decay,
-        grad_clip_value=tc.grad_clip_value,
-    )
+    """A step's main phase as ``train:`` gives it (``step_schedule``)."""
+    return Phase(name=name, indices=indices, loss_fn=loss_fn, param_groups=param_groups, **step_schedule(tc, step.index == 0))
