@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sircil.config import DataConfig
+from sircil.config_sections import DataConfig
 from sircil.data.augment import BatchAugment, Normalizer
 from sircil.data.datasets import load_dataset, resolve_spec
 from sircil.runfolder import atomic_write_json

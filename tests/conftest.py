@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sircil.config import config_from_dict
-from sircil.data import datasets
+from sircil.data import readers
 from sircil.training.context import StepContext
 from sircil.training.phase import Step
 
@@ -156,7 +156,7 @@ def write_cifar100(root: Path, monkeypatch, train_per_class: int = 6, test_per_c
         (folder / name).write_bytes(pickle.dumps(entry))
     (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"class{i:02d}" for i in range(100)]}))
     for name in ("train", "test", "meta"):
-        monkeypatch.setitem(datasets.CIFAR100_MD5, name, md5_bytes((folder / name).read_bytes()))
+        monkeypatch.setitem(readers.CIFAR100_MD5, name, md5_bytes((folder / name).read_bytes()))
     return folder
 
 
@@ -176,5 +176,5 @@ def write_fashion_idx(root: Path, monkeypatch, train_per_class: int = 5, test_pe
             name = f"{prefix}-{kind}"
             path = root / (name + (".gz" if compress else ""))
             path.write_bytes(gzip.compress(data) if compress else data)
-            monkeypatch.setitem(datasets.FASHION_MNIST_MD5, name, md5_bytes(data))
+            monkeypatch.setitem(readers.FASHION_MNIST_MD5, name, md5_bytes(data))
     return root

@@ -1,6 +1,6 @@
 import torch
 
-from sircil.config import DataConfig
+from sircil.config_sections import DataConfig
 from sircil.data.augment import BatchAugment, Normalizer, random_crop, random_flip
 from sircil.data.datasets import dataset_spec
 

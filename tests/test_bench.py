@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from sircil.bench import CLASSES, synthetic_cifar100
+from sircil.bench_data import CLASSES, synthetic_cifar100
 from sircil.cli import main
-from sircil.config import DataConfig
+from sircil.config_sections import DataConfig
 from sircil.data.datasets import load_dataset
 
 

@@ -1,6 +1,7 @@
 import pytest
 
-from sircil.config import ConfigError, load_config, parse_override
+from sircil.config import load_config
+from sircil.config_io import ConfigError, parse_override
 from sircil.methods.icarl import ICaRLConfig
 
 from conftest import fashion_config, make_config

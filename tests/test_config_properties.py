@@ -3,7 +3,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sircil.config import ConfigError, config_from_dict
+from sircil.config import config_from_dict
+from sircil.config_io import ConfigError
 
 # key -> (strategy of values, oracle of validity); the oracle restates the documented ranges
 FIELDS = {

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sircil.config import ConfigError, DataConfig
+from sircil.config_io import ConfigError
+from sircil.config_sections import DataConfig
 from sircil.data.datasets import DatasetError, load_dataset, resolve_spec
 from sircil.trainer import run_experiment
 

@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from sircil.config import DataConfig
+from sircil.config_sections import DataConfig
 from sircil.data.datasets import DatasetError, first_per_class, load_dataset, ImageSplit
 
 from conftest import write_cifar100, write_fashion_idx
@@ -93,6 +93,6 @@ def test_cifar100_wrong_shape_is_reported(tmp_path, monkeypatch):
     entry = pickle.loads((folder / "train").read_bytes())
     entry["data"] = entry["data"][:, :1000]
     (folder / "train").write_bytes(pickle.dumps(entry))
-    monkeypatch.setitem(__import__("sircil.data.datasets", fromlist=["x"]).CIFAR100_MD5, "train", __import__("hashlib").md5((folder / "train").read_bytes()).hexdigest())
+    monkeypatch.setitem(__import__("sircil.data.readers", fromlist=["x"]).CIFAR100_MD5, "train", __import__("hashlib").md5((folder / "train").read_bytes()).hexdigest())
     with pytest.raises(DatasetError, match="expected N x 3072"):
         load_dataset(DataConfig(dataset="cifar100", root=str(tmp_path)))

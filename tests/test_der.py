@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sircil.config import ConfigError, load_config
+from sircil.config import load_config
+from sircil.config_io import ConfigError
 from sircil.data.datasets import dataset_spec
 from sircil.data.memory import balanced_subset
 from sircil.methods import Step, method_class

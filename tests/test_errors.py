@@ -63,7 +63,8 @@ def test_a_run_folder_in_use_by_a_live_process_is_refused(tmp_path):
     import os
     import platform
 
-    from sircil.runfolder import LOCK_NAME, RunInProgress
+    from sircil.locks import RunInProgress
+    from sircil.runfolder import LOCK_NAME
 
     tmp_path.mkdir(exist_ok=True)
     (tmp_path / LOCK_NAME).write_text(f"{platform.node()} {os.getppid()}")  # a live process: our parent

@@ -135,7 +135,7 @@ def test_every_epoch_is_a_json_line(runs):
 def test_tensorboard_is_optional_and_asked_for_clearly():
     import importlib.util
 
-    from sircil.config import ConfigError
+    from sircil.config_io import ConfigError
     from conftest import make_config
 
     raw = fashion_config(log={"tensorboard": True})

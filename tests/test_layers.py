@@ -13,13 +13,13 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sircil"
 # top to bottom; a module's layer is that of its longest matching prefix
 LAYERS = {
     "cli": 7, "__main__": 7,
-    "sweep": 6, "packed_sweep": 6, "bench": 6, "report": 6, "inference": 6, "compare": 6,
+    "sweep": 6, "packed_sweep": 6, "packed_worker": 6, "bench": 6, "bench_data": 6, "report": 6, "inference": 6, "compare": 6,
     "trainer": 5,
     "methods": 4,
     "plugins": 3,
     "training": 2, "evaluate": 2,
-    "data": 1, "models": 1, "metrics": 1, "distributed": 1, "runfolder": 1, "paper": 1,
-    "config": 0,
+    "data": 1, "models": 1, "metrics": 1, "distributed": 1, "runfolder": 1, "locks": 1, "paper": 1,
+    "config": 0, "config_sections": 0, "config_io": 0,
 }
 
 

@@ -1,6 +1,6 @@
 import torch
 
-from sircil.config import MemoryConfig
+from sircil.config_sections import MemoryConfig
 from sircil.data.memory import Memory, herding
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from sircil.cli import main
-from sircil.config import ConfigError
+from sircil.config_io import ConfigError
 from sircil.packed_sweep import cpu_count, parse_devices, plan_devices
 from sircil.sweep import run_sweep
 

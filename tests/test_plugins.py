@@ -11,7 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sircil.config import Config, ConfigError, LogitAdjustmentConfig
+from sircil.config import Config
+from sircil.config_io import ConfigError
+from sircil.config_sections import LogitAdjustmentConfig
 from sircil.plugins import PLUGINS, build_plugins
 from sircil.plugins.logit_adjustment import LogitAdjustment
 from sircil.trainer import run_experiment

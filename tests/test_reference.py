@@ -27,7 +27,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from sircil.config import SIRConfig
+from sircil.config_sections import SIRConfig
 from sircil.methods import Step
 from sircil.methods.der import DERNet, auxiliary_loss, auxiliary_targets
 from sircil.methods.finetune import Finetune

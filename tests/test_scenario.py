@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from sircil.config import DataConfig, ScenarioConfig
+from sircil.config_sections import DataConfig, ScenarioConfig
 from sircil.data.datasets import ImageSplit
 from sircil.data.scenario import NAMED_ORDERS, Scenario, relabel, resolve_class_order
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sircil.config import SIRConfig
+from sircil.config_sections import SIRConfig
 from sircil.data.augment import Normalizer
 from sircil.methods import method_class
 from sircil.data.datasets import load_dataset

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sircil.cli import main
-from sircil.config import ConfigError
+from sircil.config_io import ConfigError
 from sircil.report import method_label, write_report
 from sircil.sweep import grid, load_sweep, parse_shard, run_sweep, shard
 
@@ -152,11 +152,11 @@ def test_claim_serializes_processes_and_takes_over_a_dead_holder(tmp_path):
     import sys
     import time
 
-    from sircil.runfolder import claim
+    from sircil.locks import claim
 
     target = tmp_path / "base.pt"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from pathlib import Path; from sircil.runfolder import claim\n"
+        [sys.executable, "-c", f"from pathlib import Path; from sircil.locks import claim\n"
          f"with claim(Path({str(target)!r})):\n    print('held', flush=True); import time; time.sleep(1.5)"],
         stdout=subprocess.PIPE, text=True,
     )

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sircil.config import ConfigError
+from sircil.config_io import ConfigError
 from sircil.methods.ucir import UCIRConfig
 from sircil.trainer import Trainer, run_experiment
 from sircil.training.loop import Fitter

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import logging
 import os
 import platform
@@ -41,16 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 import torchvision
-from PIL import Image
-from torch.utils.data import DataLoader
-from torchvision import transforms
 
-from .config import ConfigError, load_config
-from .data.datasets import dataset_spec
-from .runfolder import RunFolder, atomic_write_bytes, atomic_write_json, device_name, git_commit, setup_logger
+from .bench_data import CLASSES, DATA_SEED, dataloader_batches, synthetic_cifar100
+from .config import load_config
+from .config_io import ConfigError
+from .runfolder import RunFolder, atomic_write_json, device_name, git_commit, setup_logger
 from .trainer import Trainer
 from .training.phase import Phase, Step
 
@@ -58,8 +54,6 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "cifar100" / "icarl_b50_5steps.yaml"
 DEFAULT_DATA_DIR = Path(tempfile.gettempdir()) / "sircil-bench"
 RESULTS = REPO / "benchmarks" / "results"
-CLASSES, SIDE, CHANNELS = 100, 32, 3
-DATA_SEED = 0
 TARGETS = {"sircil_to_limit": 0.9, "sircil_to_dataloader": 2.0}  # the issue's: within 10% of the limit, 2x the anchors
 
 
@@ -84,72 +78,6 @@ class Measurement:
     @property
     def images_per_second(self) -> float:
         return self.images / max(self.seconds, 1e-9)
-
-
-# --- data ----------------------------------------------------------------------------------
-
-
-def synthetic_cifar100(folder: Path, train_images: int) -> Path:
-    """A cached .npz of CIFAR-100-shaped images (N x 32 x 32 x 3 uint8, as torchvision's
-    CIFAR100.data, which is what the anchors' datasets hand to PIL) with balanced labels.
-
-    Each class is a coarse colour pattern plus per-pixel noise, so that training on it
-    behaves like training on images (the loss falls) rather than on pure noise; the
-    throughput does not depend on the content."""
-    test_images = max(CLASSES, train_images // 5)
-    path = folder / f"synthetic_cifar100_{train_images}_{test_images}_seed{DATA_SEED}.npz"
-    if path.is_file():
-        return path
-    rng = np.random.default_rng(DATA_SEED)
-    coarse = rng.integers(0, 256, size=(CLASSES, SIDE // 4, SIDE // 4, CHANNELS), dtype=np.int16)
-    templates = coarse.repeat(4, axis=1).repeat(4, axis=2)
-    arrays = {}
-    for split, count in (("train", train_images), ("test", test_images)):
-        arrays[f"x_{split}"], arrays[f"y_{split}"] = _synthetic_split(rng, templates, count)
-    # written atomically: two benchmarks started together may both write it, and neither may
-    # read it half-written
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
-
-def _synthetic_split(rng: np.random.Generator, templates: np.ndarray, count: int, chunk: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` noisy copies of the class templates, class counts differing by at most one;
-    generated in chunks so that 50,000 images never become one int16 array."""
-    labels = np.arange(count) % CLASSES
-    rng.shuffle(labels)
-    images = np.empty((count, SIDE, SIDE, CHANNELS), dtype=np.uint8)
-    for start in range(0, count, chunk):
-        y = labels[start: start + chunk]
-        noise = rng.integers(-48, 49, size=(y.size, SIDE, SIDE, CHANNELS), dtype=np.int16)
-        images[start: start + chunk] = np.clip(templates[y] + noise, 0, 255)
-    return images, labels.astype(np.int64)
-
-
-class PILTransformDataset(torch.utils.data.Dataset):
-    """The anchors' training set: every sample is decoded to a PIL image and transformed alone."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable[[Image.Image], torch.Tensor]):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
-
-
-def anchor_transform() -> transforms.Compose:
-    """PyCIL's and PODNet's CIFAR-100 training transforms, with CIFAR-100's channel statistics
-    as they hard-code them (the values do not change the cost)."""
-    spec = dataset_spec("cifar100")
-    return transforms.Compose([
-        transforms.RandomCrop(SIDE, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(spec.mean, spec.std),
-    ])
 
 
 # --- the trainer, its step and the batch sources ------------------------------------------------
@@ -267,31 +195,6 @@ def fixed_batch(trainer: Trainer) -> BatchSource:
     return BatchSource(lambda: x)
 
 
-@contextlib.contextmanager
-def dataloader_batches(trainer: Trainer, data: Path, workers: int) -> Iterator[BatchSource]:
-    """The anchors' pipeline: a shuffling DataLoader over per-sample PIL transforms, each batch
-    copied to the device (from pinned memory on CUDA). Its iterator restarts every epoch, as
-    in an epoch loop, so worker start-up costs what it costs them. The loader's labels are
-    collated and dropped: fit pairs the batch with labels of its own, which costs the same."""
-    with np.load(data) as arrays:
-        dataset = PILTransformDataset(arrays["x_train"], arrays["y_train"], anchor_transform())
-    device = trainer.device
-    loader = DataLoader(
-        dataset, batch_size=trainer.cfg.train.batch_size, shuffle=True, num_workers=workers,
-        pin_memory=device.type == "cuda", drop_last=True,
-    )
-    stream = _epochs(loader)
-    try:
-        yield BatchSource(lambda: next(stream)[0].to(device, non_blocking=True))
-    finally:
-        stream.close()  # ends the live iterator, and with it the worker processes
-
-
-def _epochs(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    while True:
-        yield from loader
-
-
 # --- the benchmark -----------------------------------------------------------------------------
 
 
@@ -322,8 +225,8 @@ def run_bench(options: BenchOptions) -> tuple[dict[str, Any], Path]:
             with count_host_syncs(trainer.device) as syncs:
                 measured = {"sircil": time_fit(trainer, step, indices, "bench-sircil", options.epochs)}
             measured["limit"] = time_fit(trainer, step, indices, "bench-limit", options.epochs, fixed_batch(trainer))
-            with dataloader_batches(trainer, data, workers) as source:
-                measured["dataloader"] = time_fit(trainer, step, indices, "bench-dataloader", options.epochs, source)
+            with dataloader_batches(data, batch, workers, trainer.device) as next_batch:
+                measured["dataloader"] = time_fit(trainer, step, indices, "bench-dataloader", options.epochs, BatchSource(next_batch))
         finally:
             close_log(trainer.log)
     ips = {name: m.images_per_second for name, m in measured.items()}

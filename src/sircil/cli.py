@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, load_config
+from .config import load_config
+from .config_io import ConfigError
 from .runfolder import default_out
 
 
@@ -39,7 +40,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .packed_sweep import plan_devices, run_packed_sweep, sweep_worker
+    from .packed_sweep import plan_devices, run_packed_sweep
+    from .packed_worker import sweep_worker
     from .sweep import describe, parse_shard, run_sweep
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.sweep).stem

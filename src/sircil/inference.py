@@ -17,7 +17,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import Config, apply_overrides, config_from_dict, load_config
+from .config import Config, config_from_dict, load_config
+from .config_io import apply_overrides
 from .data.augment import Normalizer
 from .data.custom import decode_image
 from .data.datasets import DatasetSpec

@@ -1,6 +1,6 @@
 """Packed sweeps (``--devices 0,1 --per-device K``): K worker processes on each device, as
 small models leave a GPU mostly idle (on an H100 four ResNet-32 runs at batch 128 reach
-3.7x one run's throughput). Each worker is ``sircil sweep ... --worker`` with
+3.7x one run's throughput). Each worker (packed_worker.py) is ``sircil sweep ... --worker`` with
 ``CUDA_VISIBLE_DEVICES`` set to its GPU (empty on ``--devices cpu``, where ``train.threads``
 is capped at the CPU count divided by the number of workers; the config hash leaves
 ``train.threads`` out, so runs resume whichever way they are launched). Work is handed out
@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .config import Config, ConfigError
-from .runfolder import RunFolder, atomic_write_json
-from .sweep import RunState, SweepRun, grid, is_done, load_sweep, prepare_shard, run_or_record_failure, shard
+from .config import Config
+from .config_io import ConfigError
+from .runfolder import RunFolder
+from .sweep import RunState, SweepRun, grid, is_done, load_sweep, prepare_shard, shard
 
 WORKERS_DIR = "workers"  # <out>/workers/<session>/: claims/, worker<k>.json, worker<k>.log
 
@@ -103,84 +104,6 @@ def _check_device(run: SweepRun, cfg: Config, device: str) -> None:
             f"sweep run {run.name} sets train.device={wanted}, but packed workers {where}: "
             f"--set train.device=auto (or {'cpu' if device == 'cpu' else 'cuda'}), or choose other --devices"
         )
-
-
-def _claim_run(claims: Path, name: str, worker: int) -> bool:
-    """Take run ``name`` for this session; False if another worker of the session already has it."""
-    try:
-        fd = os.open(claims / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as fh:
-        fh.write(f"{worker} {os.getpid()}\n")
-    return True
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def sweep_worker(
-    sweep_file: str | Path,
-    out: str | Path,
-    shard_spec: tuple[int, int],
-    overrides: list[str] | None,
-    overwrite: bool,
-    session: str | Path,
-    worker: int,
-    threads: int | None = None,
-) -> int:
-    """One worker of a packed sweep (``sircil sweep ... --worker K``): take runs of this shard that are
-    neither finished nor claimed by another worker, one after the other, until none is left.
-    ``threads`` caps ``train.threads`` (not part of the config hash). Reports go to
-    ``<session>/worker<K>.json`` after every change."""
-    try:  # unwind (locks released, logs closed) on the signals the parent forwards, even where a
-        # background shell started us with SIGINT ignored
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _interrupt)
-    except ValueError:  # not the main thread
-        pass
-    out, session = Path(out), Path(session)
-    runs, configs = prepare_shard(sweep_file, out, shard_spec, overrides)
-    if threads is not None:
-        for cfg in configs:
-            if cfg.train.threads is None or cfg.train.threads > threads:
-                cfg.train.threads = threads
-    device = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    report: dict[str, Any] = {"worker": worker, "pid": os.getpid(), "device": f"cuda {device}" if device else "cpu", "done": False, "runs": []}
-    report_file = session / f"worker{worker}.json"
-
-    def publish(entry: dict[str, Any] | None = None, replace: bool = False, write: bool = True) -> None:
-        if entry is not None:
-            entry = {**entry, "worker": worker, "device": report["device"]}
-            if replace:
-                report["runs"][-1] = entry
-            else:
-                report["runs"].append(entry)
-        if write:
-            atomic_write_json(report_file, report)
-
-    publish()
-    for run, cfg in zip(runs, configs):
-        folder = RunFolder(out / "runs" / run.name)
-        if is_done(folder, cfg) and not overwrite:
-            publish({"run": run.name, "status": RunState.FINISHED}, write=False)  # written with the next change
-            continue
-        if not _claim_run(session / "claims", run.name, worker):
-            continue  # another worker of this sweep has it
-        publish({"run": run.name, "status": RunState.RUNNING})
-        try:
-            status = run_or_record_failure(run, cfg, folder, overwrite)
-        except KeyboardInterrupt:
-            publish({"run": run.name, "status": RunState.INTERRUPTED}, replace=True)
-            raise
-        except BaseException as exc:
-            publish({"run": run.name, "status": RunState.FAILED, "error": f"{type(exc).__name__}: {exc}"}, replace=True)
-            raise
-        publish(status, replace=True)
-    report["done"] = True
-    publish()
-    return 0
 
 
 @dataclass

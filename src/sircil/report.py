@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from .config import METHOD_CONFIGS, UNUSED_BY_METHOD, LogitAdjustmentConfig, SIRConfig
+from .config import METHOD_CONFIGS, UNUSED_BY_METHOD
+from .config_sections import LogitAdjustmentConfig, SIRConfig
 from .methods import METHODS
 from .paper import PAPER_AVERAGE_INCREMENTAL_ACCURACY
 from .runfolder import atomic_write_bytes, atomic_write_text

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError, load_config, read_yaml_mapping
-from .runfolder import RunFolder, RunFolderError, RunInProgress, atomic_write_json
+from .config import Config, load_config
+from .config_io import ConfigError, read_yaml_mapping
+from .locks import RunInProgress
+from .runfolder import RunFolder, RunFolderError, atomic_write_json
 
 
 class RunState(str, enum.Enum):

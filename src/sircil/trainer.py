@@ -24,7 +24,8 @@ from .data.scenario import Scenario, apply_class_order, resolve_class_order
 from .distributed import SINGLE, Distributed, resolve_device
 from .methods import Method, method_class
 from .plugins import build_plugins
-from .runfolder import LOCK_NAME, RunFolder, RunFolderError, atomic_write_json, exclusive, provenance, quiet_logger, setup_logger
+from .locks import exclusive
+from .runfolder import LOCK_NAME, RunFolder, RunFolderError, atomic_write_json, provenance, quiet_logger, setup_logger
 from .training.base_cache import base_cache_path, cached_base_step
 from .training.context import StepContext
 from .training.evaluation import Evaluator, peak_memory_mb

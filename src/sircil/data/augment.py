@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..config import DataConfig
+from ..config_sections import DataConfig
 from .datasets import DatasetSpec
 
 Shard = tuple[int, int]  # (rank, world): this process's every world-th sample of the global batch

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import DataConfig
+from ..config_sections import DataConfig
 from .datasets import DatasetError, DatasetSpec, ImageSplit, register_dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -81,7 +81,7 @@ def _classes(folder: Path) -> list[str]:
 
 
 def probe_imagefolder(root: Path, cfg: DataConfig) -> DatasetSpec:
-    from ..config import ConfigError
+    from ..config_io import ConfigError
 
     if cfg.image_size is None:
         raise ConfigError("data.dataset=imagefolder needs data.image_size (the side images are resized and cropped to, e.g. 32 or 224)")
@@ -164,7 +164,7 @@ IMAGENET_SUBSET = DatasetSpec(
 
 
 def probe_imagenet_subset(root: Path, cfg: DataConfig) -> DatasetSpec:
-    from ..config import ConfigError
+    from ..config_io import ConfigError
     from .imagenet_subsets import IMAGENET_SUBSETS
 
     if cfg.subset not in (None, *IMAGENET_SUBSETS):

@@ -12,7 +12,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, MemoryConfig, register_check, require
+from ..config import Config, register_check
+from ..config_io import require
+from ..config_sections import MemoryConfig
 
 Selection = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
 SELECTIONS: dict[str, Selection] = {}

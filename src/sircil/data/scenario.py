@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import DataConfig, ScenarioConfig
+from ..config_sections import DataConfig, ScenarioConfig
 from .datasets import Dataset, ImageSplit
 
 # Orders of the original iCaRL code, as used by PODNet and DER's B50 configs

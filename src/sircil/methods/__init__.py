@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from ..config import METHOD_CONFIGS, UNUSED_BY_METHOD, ConfigError
+from ..config import METHOD_CONFIGS, UNUSED_BY_METHOD
+from ..config_io import ConfigError
 from ..training.phase import Step
 from .base import Method
 

@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Config, ConfigError, MethodConfig
+from ..config import Config, MethodConfig
+from ..config_io import ConfigError
 from ..models import IncrementalLinear
 from ..training.context import StepContext
 from ..training.phase import Phase, Step

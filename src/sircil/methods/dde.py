@@ -24,7 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, ConfigError
+from ..config import Config
+from ..config_io import ConfigError
 from ..training.context import StepContext
 from ..training.phase import Phase, Step
 from . import register_method

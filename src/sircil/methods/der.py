@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Config, ConfigError, MethodConfig
+from ..config import Config, MethodConfig
+from ..config_io import ConfigError
 from ..data.datasets import DatasetSpec
 from ..data.memory import balanced_subset
 from ..plugins.sir import frequency_margins

@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Config, ConfigError, MethodConfig
+from ..config import Config, MethodConfig
+from ..config_io import ConfigError
 from ..data.memory import balanced_subset
 from ..models.cosine import CosineClassifier, ScaledCosineNet, old_classes_frozen
 from ..training.context import HeadSpec, StepContext

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import Config, ConfigError, MethodConfig
+from ..config import Config, MethodConfig
+from ..config_io import ConfigError
 from ..training.context import StepContext
 from ..training.phase import Phase, Step
 from . import register_method

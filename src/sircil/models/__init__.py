@@ -6,7 +6,8 @@ from typing import Callable
 
 import torch.nn as nn
 
-from ..config import Config, register_check, require
+from ..config import Config, register_check
+from ..config_io import require
 
 from .classifiers import IncrementalLinear
 from .resnet import CifarResNet, ResNet18

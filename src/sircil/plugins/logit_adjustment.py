@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from ..config import Config, LogitAdjustmentConfig
+from ..config import Config
+from ..config_sections import LogitAdjustmentConfig
 from ..training.context import HeadSpec, StepContext
 from .base import Outputs, TrainPlugin, register_plugin
 from .sir import frequency_margins

@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import Config, SIRConfig
+from ..config import Config
+from ..config_sections import SIRConfig
 from ..training.context import HeadSpec, StepContext
 from ..training.evaluation import mean_logits
 from ..training.phase import Step

@@ -21,7 +21,8 @@ import torch
 from .. import __version__
 from ..config import Config, milestone_epochs, non_default
 from ..distributed import Distributed
-from ..runfolder import atomic_torch_save, claim
+from ..locks import claim
+from ..runfolder import atomic_torch_save
 from .phase import step_schedule
 
 # Sections keyed whole (their non-default fields): the base step's data, network and method.

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from ..config import TrainConfig
+from ..config_sections import TrainConfig
 from ..data.augment import BatchAugment
 from ..data.datasets import ImageSplit
 from ..distributed import Distributed

@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import TrainConfig, milestone_epochs
+from ..config import milestone_epochs
+from ..config_sections import TrainConfig
 
 # A phase's loss: (augmented batch, labels) -> (named loss terms, the logits its accuracy is read from)
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]

@@ -1,0 +1,88 @@
+"""Exclusive use of a file among processes, through a lock file beside it that names its holder
+(host and process id), so that a lock left by a dead process on this host is taken over."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Iterator
+
+from .runfolder import RunFolderError
+
+
+class RunInProgress(RunFolderError):
+    """Another live process is running this run folder."""
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Exclusive use of ``path`` or an immediate :class:`RunInProgress`; a lock left by a dead
+    process on this host is taken over."""
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            if _holder_is_dead(lock):
+                lock.unlink(missing_ok=True)
+                continue
+            holder = lock.read_text().strip() if lock.exists() else "?"
+            raise RunInProgress(f"{path.parent} is being run by another process ({holder}); wait for it, or delete {lock} if that process is gone") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{platform.node()} {os.getpid()}")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def claim(path: Path, log: logging.Logger | None = None, poll_seconds: float = 5.0) -> Iterator[None]:
+    """Exclusive use of ``path`` among processes sharing its folder (e.g. runs of a sweep that
+    would train the same cached base step): the others wait until the holder is done. The
+    lock file names its holder; one left by a dead process on this host is taken over."""
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{platform.node()} {os.getpid()}"
+    waited = False
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _holder_is_dead(lock):
+                lock.unlink(missing_ok=True)
+                continue
+            if not waited and log:
+                log.info("waiting for %s (held by %s)", path, lock.read_text().strip() if lock.exists() else "?")
+            waited = True
+            time.sleep(poll_seconds)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(me)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _holder_is_dead(lock: Path) -> bool:
+    try:
+        host, pid = lock.read_text().split()
+    except (OSError, ValueError):
+        return False  # being written right now, or vanished: look again
+    if host != platform.node():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
