@@ -9,7 +9,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .runfolder import RunFolderError
 
@@ -18,10 +18,37 @@ class RunInProgress(RunFolderError):
     """Another live process is running this run folder."""
 
 
-@contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
+def exclusive(path: Path) -> contextlib.AbstractContextManager[None]:
     """Exclusive use of ``path`` or an immediate :class:`RunInProgress`; a lock left by a dead
     process on this host is taken over."""
+
+    def refuse(lock: Path) -> None:
+        holder = lock.read_text().strip() if lock.exists() else "?"
+        raise RunInProgress(f"{path.parent} is being run by another process ({holder}); wait for it, or delete {lock} if that process is gone") from None
+
+    return _held(path, refuse)
+
+
+def claim(path: Path, log: logging.Logger | None = None, poll_seconds: float = 5.0) -> contextlib.AbstractContextManager[None]:
+    """Exclusive use of ``path`` among processes sharing its folder (e.g. runs of a sweep that
+    would train the same cached base step): the others wait until the holder is done. The
+    lock file names its holder; one left by a dead process on this host is taken over."""
+    waited = False
+
+    def wait(lock: Path) -> None:
+        nonlocal waited
+        if not waited and log:
+            log.info("waiting for %s (held by %s)", path, lock.read_text().strip() if lock.exists() else "?")
+        waited = True
+        time.sleep(poll_seconds)
+
+    return _held(path, wait)
+
+
+@contextlib.contextmanager
+def _held(path: Path, busy: Callable[[Path], None]) -> Iterator[None]:
+    """Hold ``path``'s lock file, naming this process in it; while a live process holds it,
+    ``busy(lock)`` decides: raise to give up, return to try again."""
     lock = path.with_name(path.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -31,41 +58,10 @@ def exclusive(path: Path) -> Iterator[None]:
         except FileExistsError:
             if _holder_is_dead(lock):
                 lock.unlink(missing_ok=True)
-                continue
-            holder = lock.read_text().strip() if lock.exists() else "?"
-            raise RunInProgress(f"{path.parent} is being run by another process ({holder}); wait for it, or delete {lock} if that process is gone") from None
+            else:
+                busy(lock)
     with os.fdopen(fd, "w") as fh:
         fh.write(f"{platform.node()} {os.getpid()}")
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def claim(path: Path, log: logging.Logger | None = None, poll_seconds: float = 5.0) -> Iterator[None]:
-    """Exclusive use of ``path`` among processes sharing its folder (e.g. runs of a sweep that
-    would train the same cached base step): the others wait until the holder is done. The
-    lock file names its holder; one left by a dead process on this host is taken over."""
-    lock = path.with_name(path.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    me = f"{platform.node()} {os.getpid()}"
-    waited = False
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if _holder_is_dead(lock):
-                lock.unlink(missing_ok=True)
-                continue
-            if not waited and log:
-                log.info("waiting for %s (held by %s)", path, lock.read_text().strip() if lock.exists() else "?")
-            waited = True
-            time.sleep(poll_seconds)
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(me)
-        break
     try:
         yield
     finally:
