@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: PODNet against SIR_P (PODNet + SIR) on real Fashion-MNIST at m = 1, sharing one
-# base step, then their side-by-side table and figure (offline, CPU, 7 minutes on 2 cores):
+# The main job: PODNet against SIR_P (PODNet + SIR) on real Fashion-MNIST (B5 then 5 steps of 1
+# class) at m = 1, sharing one base step, then their side-by-side table and figure (offline, CPU,
+# about 6 minutes on 2 cores):
 # runs/main/compare.md and compare.png. With arguments it is `sircil run`, e.g.
 #   bash run.sh configs/cifar100/icarl_b50_5steps.yaml --set data.root=/data
 set -euo pipefail

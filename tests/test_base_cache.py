@@ -27,8 +27,8 @@ CHANGED = {
     "ucir": UCIR_CHANGED,
     "dde": {**UCIR_CHANGED, "top_k": 3, "momentum": 0.5, "effect_weight": 0.2},
     "wa": {"temperature": 3.0, "kd_weight": 2.0},
-    "bic": {"temperature": 3.0, "val_fraction": 0.2, "bias_epochs": 1, "bias_lr": 0.05, "bias_milestones": [], "beta_l2": 0.2},
-    "ssil": {"replay_batch": 8, "temperature": 3.0},
+    "bic": {"temperature": 3.0, "bias_epochs": 1, "bias_lr": 0.05, "bias_milestones": [], "beta_l2": 0.2},
+    "ssil": {"replay_batch": 8, "temperature": 3.0, "divide_lr_by_task": False},
     "podnet": {"pod_spatial": 1.0, "pod_flat": 2.0, "finetune_epochs": 1, "finetune_lr": 0.01, "finetune_frozen_bn": True},
     "der": {"aux_weight": 0.5, "balanced_epochs": 1, "balanced_lr": 0.05, "balanced_milestones": [], "balanced_temperature": 2.0, "sir_aux": True},
 }

@@ -12,6 +12,7 @@ from sircil.data.memory import balanced_subset
 from sircil.methods import Step, method_class
 from sircil.methods.der import DERConfig, auxiliary_targets
 from sircil.models import build_backbone
+from sircil.plugins import build_plugins
 from sircil.trainer import run_experiment
 from sircil.training.loop import Fitter
 from sircil.training.phase import Phase
@@ -77,13 +78,19 @@ def test_warmup_then_schedule_counted_after_it():
 
 
 def test_sir_on_the_auxiliary_loss_counts_all_exemplars_as_one_class():
+    """DER names its auxiliary head in its HeadSpec (method.sir_aux) and never sees SIR; the SIR
+    plug-in adjusts that head too, every old class counted as one."""
     labels = torch.tensor([0] * 5 + [1] * 5 + [2] * 40 + [3] * 20)
-    der = der_method(sir_aux=True, sir=True)
-    der.begin_step(step_context(Step(1, 2, 4), labels))
-    torch.testing.assert_close(der.aux_offset, torch.log(torch.tensor([10.0, 40.0, 20.0]) / 40.0))
-    without_sir = der_method(sir_aux=True)
-    without_sir.begin_step(step_context(Step(1, 2, 4), labels))
-    assert without_sir.aux_offset is None
+    ctx = step_context(Step(1, 2, 4), labels, embed_indices=lambda idx: labels[idx].float().unsqueeze(1))
+    expected = torch.log(torch.tensor([10.0, 40.0, 20.0]) / 40.0)
+    for sir_aux in (True, False):
+        der = der_method(sir_aux=sir_aux, sir=True)
+        assert der.head.aux == ("aux_logits" if sir_aux else None)
+        (sir,) = build_plugins(der.cfg).values()
+        sir.begin_step(ctx, der.head)
+        out = sir.adjust({"logits": torch.zeros(2, 4), "aux_logits": torch.zeros(2, 3)}, torch.tensor([0, 3]))
+        torch.testing.assert_close(out["aux_logits"], expected.expand(2, 3) if sir_aux else torch.zeros(2, 3))
+        assert ("sir_aux_offset" in sir.step_record(1.0)) == sir_aux
 
 
 def test_der_options_are_validated():

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sircil.config import METHOD_CONFIGS
+from sircil.config import METHOD_CONFIGS, PLUGIN_CONFIGS
+from sircil.config_io import ConfigError
 from sircil.data.datasets import dataset_spec
 from sircil.methods import METHODS
-from sircil.plugins import PLUGINS
+from sircil.plugins import PLUGINS, build_plugins
 from sircil.training.context import HeadSpec
 from sircil.training.phase import Step
 
@@ -40,7 +41,7 @@ def example(marker: str, module: str):
 @pytest.fixture
 def registries_restored():
     """The examples register themselves; later tests must not meet them."""
-    registries = (METHODS, METHOD_CONFIGS, PLUGINS)
+    registries = (METHODS, METHOD_CONFIGS, PLUGINS, PLUGIN_CONFIGS)
     before = [dict(r) for r in registries]
     yield
     for registry, saved in zip(registries, before):
@@ -62,10 +63,13 @@ def test_the_method_example_registers_and_trains_a_step(registries_restored):
     sum(terms.values()).backward()
 
 
-def test_the_plugin_example_adjusts_the_old_classes_logits(registries_restored):
+def test_the_plugin_example_is_one_file_that_adjusts_the_old_classes_logits(registries_restored):
     mod = example("class OldBonus", "sircil.plugins.old_bonus")
-    plugin = mod.OldBonus(1.5)
+    (plugin,) = build_plugins(make_config(fashion_config(old_bonus={"enabled": True, "value": 1.5}))).values()
+    assert isinstance(plugin, mod.OldBonus)  # registered as the doc says (and removed again by the fixture)
     plugin.begin_step(step_context(Step(1, 2, 4), torch.zeros(0, dtype=torch.long)), HeadSpec(logits="scaled"))
     out = plugin.adjust({"scaled": torch.zeros(2, 4)}, torch.tensor([0, 3]))
     assert out["scaled"].tolist() == [[1.5, 1.5, 0.0, 0.0]] * 2
-    assert "old_bonus" in PLUGINS  # registered as the doc says (and removed again by the fixture)
+    assert plugin.step_record(1.0) == {"old_bonus": 1.5} and plugin.cache_key([5, 5]) is None
+    with pytest.raises(ConfigError, match="old_bonus.value must be >= 0"):
+        make_config(fashion_config(old_bonus={"enabled": True, "value": -1}))

@@ -15,6 +15,13 @@ code is). None of them calls sircil's own loss. Official sources, as fetched:
           inclearn/models/podnet.py ``_compute_loss``, inclearn/convnet/my_resnet.py ``CifarResNet``
 - DER     github:Rhyssiyan/DER-ClassIL.pytorch @ dd4af61, inclearn/models/incmodel.py ``_compute_loss``,
           inclearn/convnet/network.py ``_add_classes_multi_fc``
+- WA      github:G-U-N/PyCIL @ 716625e (the authors released none), models/wa.py ``_update_representation``
+          and ``_KD_loss``, utils/inc_net.py ``IncrementalNet.weight_align``
+- BiC     github:wuyuebupt/LargeScaleIncrementalLearning, resnet.py ``resnet_model_fn`` (distillation
+          from the bias-corrected old model, the bias layer and its loss)
+- SS-IL   github:hongjoon0805/SS-IL-Official, trainer/ssil.py ``Trainer.train``
+- DDE     github:JoyHuYY1412/DDE_CIL, utils_incremental/incremental_train_and_eval_DCE_MR_LF_TDE.py (loss1),
+          utils_incremental/compute_accuracy_TDE.py ``compute_accuracy_TDE``
 - SIR     ../shared/docs/SIR_METHOD.md (no official code exists)
 """
 
@@ -28,15 +35,24 @@ import torch
 import torch.nn as nn
 
 from sircil.config_sections import SIRConfig
-from sircil.methods import Step
+from sircil.data.datasets import dataset_spec
+from sircil.methods import Step, method_class
+from sircil.methods.base import frozen_copy
+from sircil.methods.bic import BiC, BiCConfig, BiasCorrectedNet
+from sircil.methods.dde import colliding_effect_loss, remove_momentum_effect
 from sircil.methods.der import DERNet, auxiliary_loss, auxiliary_targets
 from sircil.methods.finetune import Finetune
 from sircil.methods.icarl import ICaRL, icarl_bce_loss, icarl_targets
 from sircil.methods.podnet import PODNet, PODNetConfig, nca_loss, pod_flat_loss, pod_spatial_loss
+from sircil.methods.ssil import SSIL, SSILConfig, separated_softmax_loss, task_wise_distillation
 from sircil.methods.ucir import UCIR, UCIRConfig, less_forget_loss, margin_ranking_loss
+from sircil.methods.wa import WA, WAConfig, align_weights
+from sircil.models import IncrementalLinear
 from sircil.models.resnet import CifarResNet
 from sircil.plugins.sir import SIR, SIRPlugin
 from sircil.training.context import HeadSpec
+
+from conftest import fashion_config, make_config, step_context
 
 
 def stub(cls, options=None):
@@ -277,10 +293,12 @@ def test_nca_and_its_gradient_match_the_official_function_with_the_margin_on_the
     no_margin = official_nca(sim, y, scale, 0.0)
     assert official_nca(sim, y, scale, 0.6, per_target=False).item() == pytest.approx(no_margin.item(), rel=1e-12)
     assert abs(ours.item() - no_margin.item()) > 0.1
-    # PODNet.losses feeds the method's margin times the learned scale
-    method = stub(PODNet, PODNetConfig())
-    terms = method.losses({"logits": scale * sim, "scale": scale}, y, Step(0, 0, 5))
+    # PODNet.losses feeds the method's margin times the learned scale with ``margin_on: target``,
+    # and by default (the official code) a margin that cancels
+    terms = stub(PODNet, PODNetConfig(margin_on="target")).losses({"logits": scale * sim, "scale": scale}, y, Step(0, 0, 5))
     assert terms["nca"].item() == pytest.approx(ref.item(), rel=1e-12)
+    terms = stub(PODNet, PODNetConfig()).losses({"logits": scale * sim, "scale": scale}, y, Step(0, 0, 5))
+    assert terms["nca"].item() == pytest.approx(official_nca(sim, y, scale, 0.6, per_target=False).item(), rel=1e-12)
 
 
 def official_block(block, x: torch.Tensor) -> torch.Tensor:
@@ -514,3 +532,245 @@ def test_sir_on_the_sigmoid_head():
     # exp(-0.5 ln 0.05) = sqrt(20) = 4.47213595, exp(-ln 0.01) = 100, 1, 1; mean 26.61803399
     raw = torch.tensor([4.47213595499958, 100.0, 1.0, 1.0])
     assert torch.allclose(sir.sample_weights(SIR_Y), raw / raw.mean(), atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# WA
+# --------------------------------------------------------------------------------------
+
+
+def np_softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def official_wa_loss(logits: np.ndarray, y: np.ndarray, old_logits: np.ndarray, known: int, kd_weight: float | None) -> float:
+    """PyCIL models/wa.py ``_update_representation`` and ``_KD_loss``: loss_kd = -sum(softmax(old / 2) *
+    log_softmax(logits[:, :known] / 2)) / batch; (1 - known / total) CE + known / total KD (716625e), or
+    CE + 2 KD before it (``kd_weight``)."""
+    b, total = logits.shape
+    ce = -sum(math.log(np_softmax(logits[i])[y[i]]) for i in range(b)) / b
+    kd = -sum(float(np.sum(np_softmax(old_logits[i] / 2) * np.log(np_softmax(logits[i, :known] / 2)))) for i in range(b)) / b
+    if kd_weight is not None:
+        return ce + kd_weight * kd
+    lam = known / total
+    return (1 - lam) * ce + lam * kd
+
+
+def test_wa_aligning_scales_the_new_rows_by_the_ratio_of_mean_norms():
+    """PyCIL utils/inc_net.py ``IncrementalNet.weight_align``: gamma = mean ||w_old|| / mean ||w_new||."""
+    weight = torch.tensor([[3.0, 4.0], [0.0, 2.0], [0.0, 7.0], [6.0, 8.0]], dtype=torch.float64)
+    # hand: old norms 5, 2 (mean 3.5), new 7, 10 (mean 8.5): gamma = 7 / 17
+    assert align_weights(weight, num_old=2) == pytest.approx(7 / 17, rel=1e-12)
+    expected = [[3.0, 4.0], [0.0, 2.0], [0.0, 49 / 17], [42 / 17, 56 / 17]]
+    assert np.allclose(weight.numpy(), expected, rtol=1e-12)
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(7, 5))
+    norms = np.sqrt((w**2).sum(1))
+    gamma = norms[:4].mean() / norms[4:].mean()
+    got = torch.tensor(w)
+    assert align_weights(got, num_old=4) == pytest.approx(gamma, rel=1e-12)
+    assert np.allclose(got.numpy(), np.concatenate([w[:4], gamma * w[4:]]), rtol=1e-12)
+
+
+def test_wa_weights_ce_and_kd_by_the_share_of_old_classes():
+    """PyCIL models/wa.py ``_update_representation``: (1 - lambda) CE + lambda KD, lambda = known / total;
+    ``method.kd_weight: 2`` is its earlier CE + 2 KD."""
+    zero = {"logits": torch.zeros(1, 4, dtype=torch.float64), "old_logits": torch.zeros(1, 2, dtype=torch.float64)}
+    # hand: CE = ln 4, KD = ln 2 on uniform logits; lambda = 2 / 4: 0.5 ln 4 + 0.5 ln 2 = 1.5 ln 2
+    terms = stub(WA, WAConfig()).losses(zero, torch.tensor([3]), Step(1, 2, 4))
+    assert sum(terms.values()).item() == pytest.approx(1.0397207708399179, rel=1e-6)
+    terms = stub(WA, WAConfig(kd_weight=2.0)).losses(zero, torch.tensor([3]), Step(1, 2, 4))
+    assert sum(terms.values()).item() == pytest.approx(2.772588722239781, rel=1e-6)  # ln 4 + 2 ln 2
+    rng = np.random.default_rng(5)
+    logits, old, y = rng.normal(size=(6, 5)) * 2, rng.normal(size=(6, 3)) * 2, rng.integers(0, 5, size=6)
+    out = {"logits": torch.tensor(logits), "old_logits": torch.tensor(old)}
+    for kd_weight in (None, 2.0):
+        terms = stub(WA, WAConfig(kd_weight=kd_weight)).losses(out, torch.tensor(y), Step(1, 3, 5))
+        assert sum(terms.values()).item() == pytest.approx(official_wa_loss(logits, y, old, 3, kd_weight), rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# BiC
+# --------------------------------------------------------------------------------------
+
+
+def tiny_bic_net(seed: int) -> BiasCorrectedNet:
+    """Features = the input (identity backbone), a linear head over 3 steps of 2 classes, float64."""
+    torch.manual_seed(seed)
+    net = BiasCorrectedNet(nn.Identity(), IncrementalLinear(3))
+    for _ in range(3):
+        net.expand(2)
+    return net.double()
+
+
+def test_bic_stage_1_distils_the_old_models_corrected_logits():
+    """resnet.py ``resnet_model_fn`` (itera >= 2): distillation targets softmax(concat(o_pre_old, beta o_pre_new +
+    gamma) / 2), loss_distill = softmax_cross_entropy(logits[:, old] / 2, targets) (batch mean),
+    loss = lambda_ loss_distill + (1 - lambda_) CE, lambda_ = itera / (itera + 1)."""
+    net = tiny_bic_net(0)
+    net.correct(2, 4)  # the previous step's correction, as stage 2 left it
+    with torch.no_grad():
+        net.alpha.fill_(1.5)
+        net.beta.fill_(-0.5)
+    method = stub(BiC, BiCConfig())
+    method.model, method.old_model = net, frozen_copy(net)
+    net.correct(4, 6)  # this step's, the identity until stage 2
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(5, 3)), rng.integers(0, 6, size=5)
+    terms = method.losses(method.forward(torch.tensor(x), Step(2, 4, 6)), torch.tensor(y), Step(2, 4, 6))
+    w, b = net.head.weight.detach().numpy(), net.head.bias.detach().numpy()
+    o = x @ w.T + b  # old and new model share the weights here; only the correction differs
+    target = np_softmax(np.concatenate([o[:, :2], 1.5 * o[:, 2:4] - 0.5], 1) / 2)
+    distill = -np.mean(np.sum(target * np.log(np_softmax(o[:, :4] / 2)), 1))
+    ce = -np.mean(np.log(np_softmax(o)[np.arange(5), y]))
+    lam = 2 / 3  # itera 2
+    assert sum(terms.values()).item() == pytest.approx(lam * distill + (1 - lam) * ce, rel=1e-6)  # KD runs in float32
+
+
+def official_bic_stage_2(raw: np.ndarray, y: np.ndarray, num_old: int, beta: float, gamma: float) -> float:
+    """resnet.py ``resnet_model_fn`` (flag_bias): concat(o_old, beta o_new + gamma), softmax_cross_entropy
+    (batch mean) + 0.1 * tf.nn.l2_loss(gamma) (= gamma^2 / 2); the paper's alpha, beta are its beta, gamma."""
+    z = np.concatenate([raw[:, :num_old], beta * raw[:, num_old:] + gamma], 1)
+    return float(-np.mean(np.log(np_softmax(z)[np.arange(len(y)), y])) + 0.1 * gamma**2 / 2)
+
+
+def bic_stage_2_loss(net: BiasCorrectedNet, alpha: float, beta: float):
+    """sircil's stage-2 loss function, as ``BiC.after_step`` hands it to its phase."""
+    method = method_class("bic")(make_config(fashion_config(method={"name": "bic"})), dataset_spec("fashion_mnist"))
+    method.model, method.split = net, (torch.arange(0), torch.arange(4))
+    net.correct(4, 6)
+    with torch.no_grad():
+        net.alpha.fill_(alpha)
+        net.beta.fill_(beta)
+    phases = []
+    method.after_step(step_context(Step(2, 4, 6), torch.zeros(4, dtype=torch.long), fit=phases.append))
+    (phase,) = phases
+    assert phase.param_groups[0]["params"] == [net.alpha, net.beta]
+    return phase.loss_fn
+
+
+def test_bic_stage_2_loss_and_its_gradient_match_the_official_bias_layer():
+    """resnet.py ``resnet_model_fn`` with flag_bias: only the bias layer's two scalars train on that loss."""
+    zero = tiny_bic_net(1)
+    with torch.no_grad():
+        zero.head.weight.zero_()
+        zero.head.bias.zero_()
+    terms, _ = bic_stage_2_loss(zero, 3.0, math.log(2))(torch.ones(1, 3, dtype=torch.float64), torch.tensor([0]))
+    # hand: logits (0, 0, 0, 0, ln 2, ln 2): CE = ln 8; + 0.1 * (ln 2)^2 / 2; total 2.103464192375746
+    assert sum(terms.values()).item() == pytest.approx(2.103464192375746, rel=1e-9)
+    net = tiny_bic_net(2)
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(6, 3)), rng.integers(0, 6, size=6)
+    terms, _ = bic_stage_2_loss(net, 0.7, 0.3)(torch.tensor(x), torch.tensor(y))
+    loss = sum(terms.values())
+    loss.backward()
+    raw = x @ net.head.weight.detach().numpy().T + net.head.bias.detach().numpy()
+    assert loss.item() == pytest.approx(official_bic_stage_2(raw, y, 4, 0.7, 0.3), rel=1e-9)
+    h = 1e-6  # central differences of the official loss against autograd's gradient of alpha and beta
+    d_alpha = (official_bic_stage_2(raw, y, 4, 0.7 + h, 0.3) - official_bic_stage_2(raw, y, 4, 0.7 - h, 0.3)) / (2 * h)
+    d_beta = (official_bic_stage_2(raw, y, 4, 0.7, 0.3 + h) - official_bic_stage_2(raw, y, 4, 0.7, 0.3 - h)) / (2 * h)
+    assert net.alpha.grad.item() == pytest.approx(d_alpha, rel=1e-6)
+    assert net.beta.grad.item() == pytest.approx(d_beta, rel=1e-6)
+    assert net.head.weight.grad is None  # the network is frozen
+
+
+# --------------------------------------------------------------------------------------
+# SS-IL
+# --------------------------------------------------------------------------------------
+
+
+def official_ssil_loss(output: np.ndarray, old: np.ndarray, target: np.ndarray, b: int, seen: list[int], t: float = 2.0) -> float:
+    """trainer/ssil.py ``Trainer.train``: the first b rows are new samples, the rest replayed;
+    loss_CE = (CE_sum(output[:b, mid:end], target % (end - mid)) + CE_sum(output[b:, :mid], target_r)) / (b + r);
+    loss_KD = sum over tasks of kl_div(log_softmax(output[:, task] / T), softmax(score[:, task] / T), batchmean) * T^2."""
+    mid, end = seen[-2], seen[-1]
+    ce = 0.0
+    for i in range(len(target)):
+        part, label = (output[i, mid:end], target[i] % (end - mid)) if i < b else (output[i, :mid], target[i])
+        ce -= math.log(np_softmax(part)[label])
+    kd = 0.0
+    for start_kd, end_kd in zip(seen[:-2], seen[1:-1]):
+        p = np_softmax(old[:, start_kd:end_kd] / t)
+        log_q = np.log(np_softmax(output[:, start_kd:end_kd] / t))
+        kd += float(np.sum(p * (np.log(p) - log_q))) / len(target) * t**2
+    return ce / len(target) + kd
+
+
+def test_ssil_separated_softmax_by_hand():
+    """trainer/ssil.py ``Trainer.train``, loss_CE: each half of the batch meets only its own side's logits."""
+    logits = torch.tensor([[5.0, -5.0, 0.0, math.log(3)], [math.log(3), 0.0, 9.0, 9.0]], dtype=torch.float64)
+    # hand: new sample (label 3) over (0, ln 3): -ln(3/4); replayed (label 0) over (ln 3, 0): -ln(3/4);
+    # sum / 2 = ln(4/3); a softmax over all four logits would give about 10.0 and 18.0
+    assert separated_softmax_loss(logits, torch.tensor([3, 0]), 2).item() == pytest.approx(0.28768207245178085, rel=1e-12)
+
+
+def test_ssil_task_wise_distillation_by_hand():
+    """trainer/ssil.py ``Trainer.train``, loss_KD: one KL per earlier task, each over that task's logits only."""
+    new = torch.tensor([[0.0, 0.0, 0.0, 0.0, 7.0, -3.0]], dtype=torch.float64)
+    old = torch.tensor([[0.0, 0.0, 2 * math.log(3), 0.0]], dtype=torch.float64)
+    # hand: task (0, 2) targets (1/2, 1/2), KL 0; task (2, 4) targets softmax((ln 3, 0)) = (3/4, 1/4)
+    # against (1/2, 1/2): 3/4 ln(3/2) + 1/4 ln(1/2) = 0.130812...; times T^2 = 4: 0.5232481437645479
+    got = task_wise_distillation(new, old, [(0, 2), (2, 4)], 2.0).item()
+    assert got == pytest.approx(0.5232481437645479, rel=1e-6)  # computed in float32
+
+
+def test_ssil_total_matches_the_official_training_loss():
+    """trainer/ssil.py ``Trainer.train``: loss_KD + loss_CE over a batch of 4 new + 3 replayed samples, 3 tasks."""
+    rng = np.random.default_rng(8)
+    output, old = rng.normal(size=(7, 6)) * 2, rng.normal(size=(7, 4)) * 2
+    target = np.array([4, 5, 5, 4, 0, 3, 2])
+    method = stub(SSIL, SSILConfig())
+    method.tasks = [(0, 2), (2, 4), (4, 6)]
+    terms = method.losses({"logits": torch.tensor(output), "old_logits": torch.tensor(old)}, torch.tensor(target), Step(2, 4, 6))
+    assert set(terms) == {"separated_ce", "task_kd"}
+    assert sum(terms.values()).item() == pytest.approx(official_ssil_loss(output, old, target, 4, [0, 2, 4, 6]), rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# DDE
+# --------------------------------------------------------------------------------------
+
+
+def official_dce(outputs: np.ndarray, outputs_match: np.ndarray, targets: np.ndarray, top_k: int) -> float:
+    """incremental_train_and_eval_DCE_MR_LF_TDE.py lines 219-227, mu_1 = mu_2 = 1: nll(log((softmax(outputs)
+    + mean over top_k of softmax(outputs_match)) / 2))."""
+    joint = (np_softmax(outputs) + np_softmax(outputs_match).reshape(len(targets), top_k, -1).mean(1)) / 2
+    return float(-np.mean(np.log(joint[np.arange(len(targets)), targets])))
+
+
+def official_tde(features: np.ndarray, weights: np.ndarray, sigma: float, causal_embed: np.ndarray) -> np.ndarray:
+    """compute_accuracy_TDE.py ``compute_accuracy_TDE`` (iteration > 0), causal_embed normalized by its caller
+    (cbf_class_incremental_cosine_cifar100.py): outputs - 0.5 cos(f, e) (e W_norm^T) sigma."""
+    e = causal_embed / np.linalg.norm(causal_embed)
+    w = weights / np.linalg.norm(weights, axis=1, keepdims=True)
+    outputs = features / np.linalg.norm(features, axis=1, keepdims=True) @ w.T * sigma
+    cos_val = (features @ e)[:, None] / np.linalg.norm(features, axis=1, keepdims=True)
+    return outputs - 0.5 * cos_val * (e @ w.T)[None, :] * sigma
+
+
+def test_dde_colliding_effect_by_hand_and_against_the_official_lines():
+    """incremental_train_and_eval_DCE_MR_LF_TDE.py, loss1 (``--DCE``)."""
+    logits = torch.zeros(1, 2, dtype=torch.float64)
+    neighbours = torch.tensor([[math.log(3), 0.0], [0.0, 0.0]], dtype=torch.float64)  # K = 2
+    # hand: p = (1/2, 1/2); neighbours (3/4, 1/4) and (1/2, 1/2), mean (5/8, 3/8); joint (9/16, 7/16);
+    # -ln(9/16) = ln(16/9)
+    assert colliding_effect_loss(logits, neighbours, torch.tensor([0])).item() == pytest.approx(0.5753641449035618, rel=1e-6)  # float32
+    rng = np.random.default_rng(9)
+    out, match, y = rng.normal(size=(4, 5)) * 2, rng.normal(size=(12, 5)) * 2, rng.integers(0, 5, size=4)
+    got = colliding_effect_loss(torch.tensor(out), torch.tensor(match), torch.tensor(y)).item()
+    assert got == pytest.approx(official_dce(out, match, y, 3), rel=1e-6)
+
+
+def test_dde_momentum_effect_removal_by_hand_and_against_the_official_inference():
+    """compute_accuracy_TDE.py ``compute_accuracy_TDE`` with alpha_TDE 0.5 (``--TDE``)."""
+    f, w, sigma = np.array([[3.0, 4.0]]), np.array([[1.0, 0.0], [0.0, 2.0]]), 2.0
+    logits = torch.tensor([[1.2, 1.6]], dtype=torch.float64)  # sigma cos(f, w_k) = 2 (0.6, 0.8)
+    # hand: e = (2, 0) normalized (1, 0); cos(f, e) = 0.6; e W_norm^T = (1, 0): logits - 0.5 * 0.6 * (1, 0) * 2
+    got = remove_momentum_effect(logits, torch.tensor(f), torch.tensor(w), torch.tensor(sigma), torch.tensor([2.0, 0.0], dtype=torch.float64), 0.5)
+    assert np.allclose(got.numpy(), [[0.6, 1.6]], rtol=1e-12)
+    rng = np.random.default_rng(10)
+    f, w, e = rng.normal(size=(4, 6)), rng.normal(size=(5, 6)), rng.normal(size=6) * 9
+    cos_logits = sigma * (f / np.linalg.norm(f, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T
+    got = remove_momentum_effect(torch.tensor(cos_logits), torch.tensor(f), torch.tensor(w), torch.tensor(sigma), torch.tensor(e), 0.5)
+    assert np.allclose(got.numpy(), official_tde(f, w, sigma, e), rtol=1e-9)

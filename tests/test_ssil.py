@@ -1,21 +1,23 @@
-"""SS-IL: separated softmax and task-wise distillation against the official formulas, ratio-preserving batches, a tiny real run."""
+"""SS-IL: separated softmax and task-wise distillation against the official formulas, each task's learning rate, ratio-preserving batches, a tiny real run."""
 
 from __future__ import annotations
 
 import logging
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from sircil.config import load_config
+from sircil.data.datasets import DatasetSpec
 from sircil.distributed import SINGLE
-from sircil.methods.ssil import separated_softmax_loss, task_wise_distillation
+from sircil.methods.ssil import SSIL, separated_softmax_loss, task_wise_distillation
 from sircil.trainer import run_experiment
 from sircil.training.loop import Fitter
 from sircil.training.phase import Phase, Step
 
-from conftest import epoch_losses, make_config, two_step_config
+from conftest import epoch_losses, fashion_config, make_config, two_step_config
 
 
 def test_separated_softmax_is_the_official_split_of_the_batch():
@@ -45,6 +47,18 @@ def test_task_wise_distillation_by_hand():
         q /= q.sum()
         expected += t * t * float((p * np.log(p / q)).sum())
     torch.testing.assert_close(task_wise_distillation(new, old, [(0, 2), (2, 4)], t), torch.tensor(expected, dtype=torch.float32))
+
+
+def test_each_task_starts_at_its_official_lr_unless_switched_off():
+    """Official main.py l. 59-61: task t at lr / (t + 1), the base task (t = 0) at lr itself;
+    ``divide_lr_by_task: false`` keeps lr in every step (tests/test_schedules.py checks the CIFAR-100 configs)."""
+    spec = DatasetSpec("tiny", 10, 1, 28, None, None, False, (), "")
+    phase = Phase("train", torch.arange(4), epochs=1, lr=0.6, loss_fn=None, param_groups=[])
+    for divide, expected in ((True, [0.6, 0.3, 0.2, 0.15]), (False, [0.6] * 4)):
+        ssil = SSIL(make_config(fashion_config(method={"name": "ssil", "divide_lr_by_task": divide})), spec)
+        lrs = [ssil.main_phase(phase, Step(t, 2 * t, 2 * t + 2)).lr for t in range(4)]
+        assert lrs == pytest.approx(expected), divide
+    assert phase.lr == 0.6  # the trainer's phase is replaced, not changed
 
 
 def test_every_batch_gets_its_replayed_exemplars(fashion_root, tmp_path):

@@ -1,8 +1,9 @@
 """Typed run configuration: YAML files plus ``--set key=value`` overrides.
 
-``Config`` gathers the sections of config_sections.py and the method's options; config_io.py
-reads the files and overrides. Every field is validated before any data is loaded or any
-model is built, and an error always names the offending key, so a typo never costs a training run.
+``Config`` gathers the sections of config_sections.py, the method's options and the section of
+every registered training plug-in; config_io.py reads the files and overrides. Every field is
+validated before any data is loaded or any model is built, and an error always names the
+offending key, so a typo never costs a training run.
 """
 
 from __future__ import annotations
@@ -17,16 +18,7 @@ from typing import Any, Callable
 import yaml
 
 from .config_io import ConfigError, apply_overrides, build_dataclass, read_yaml
-from .config_sections import (
-    DataConfig,
-    LogConfig,
-    LogitAdjustmentConfig,
-    MemoryConfig,
-    ModelConfig,
-    ScenarioConfig,
-    SIRConfig,
-    TrainConfig,
-)
+from .config_sections import DataConfig, LogConfig, MemoryConfig, ModelConfig, PluginConfig, ScenarioConfig, TrainConfig
 
 
 @dataclass
@@ -41,6 +33,9 @@ class MethodConfig:
 
 @dataclass
 class Config:
+    """The run's sections; a plug-in's section (``cfg.sir``) is an attribute named by the plug-in
+    registry (``PLUGIN_CONFIGS``), not a field, so that a plug-in needs no edit of this class."""
+
     seed: int = 1993
     method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -48,13 +43,31 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    sir: SIRConfig = field(default_factory=SIRConfig)
-    logit_adjustment: LogitAdjustmentConfig = field(default_factory=LogitAdjustmentConfig)
     log: LogConfig = field(default_factory=LogConfig)
     cache_dir: str | None = None
 
+    def __getattr__(self, name: str) -> Any:
+        # only reached for what is not set: a plug-in section the config did not name is at its defaults
+        if name not in PLUGIN_CONFIGS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        section = PLUGIN_CONFIGS[name]()
+        setattr(self, name, section)
+        return section
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+    def plugin_sections(self) -> dict[str, PluginConfig]:
+        """Every registered plug-in's section, in registration order."""
+        return {section: getattr(self, section) for section in PLUGIN_CONFIGS}
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every section; the plug-ins' after ``train``, where the files have always had ``sir``."""
+        core = dataclasses.asdict(self)
+        plugins = {section: dataclasses.asdict(options) for section, options in self.plugin_sections().items()}
+        keys = list(core)
+        at = keys.index("train") + 1
+        return {**{k: core[k] for k in keys[:at]}, **plugins, **{k: core[k] for k in keys[at:]}}
 
     def hash(self) -> str:
         """Stable digest of what determines a run's results, for run folders and resume checks.
@@ -68,9 +81,9 @@ class Config:
         content = non_default(self, FIRST_DEFAULTS)
         content.pop("cache_dir", None)
         content.pop("log", None)
-        for section in PLUGIN_SECTIONS:  # a plug-in that is off is not built: its options change nothing
-            if not getattr(self, section).enabled:
-                content.pop(section, None)
+        for section, options in self.plugin_sections().items():  # a plug-in that is off is not built: its options change nothing
+            if options.enabled:
+                content[section] = non_default(options, FIRST_DEFAULTS, f"{section}.")
         for dotted in UNUSED_BY_METHOD.get(self.method.name, ()):  # e.g. SIR's cosine-head rule on a linear head
             section, key = dotted.split(".")
             content.get(section, {}).pop(key, None)
@@ -108,6 +121,14 @@ def _hash_milestones_as_epochs(content: dict[str, Any], train: TrainConfig) -> N
 # by sweeps and resumes) and a config hashes by what it means, not by what the default was.
 FIRST_DEFAULTS: dict[str, Any] = {
     "sir.sigmoid": "margin",  # -> "weight": the three-seed grid (docs/sir.md)
+    # PODNet -> the official code's cancelling margin and unbounded scale (docs/methods.md); the
+    # archived runs' config.yaml files say margin_on: target, which they ran with
+    "method.margin_on": "target",
+    "method.min_scale": 1.0,
+    # SS-IL -> the official lr / (t + 1) per task; the archived runs' config.yaml files say false
+    "method.divide_lr_by_task": False,
+    # BiC -> the official validation pool held out from the start; the archived runs say split
+    "method.validation": "split",
 }
 
 
@@ -150,8 +171,16 @@ METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
 # method name -> options of other sections that cannot act on it (a head rule for another kind
 # of head), left out of its runs' hashes; filled by the method registry
 UNUSED_BY_METHOD: dict[str, tuple[str, ...]] = {}
-# sections of training plug-ins, each switched by its ``enabled``
-PLUGIN_SECTIONS = ("sir", "logit_adjustment")
+# config section -> options class of a training plug-in, filled by the plug-in registry
+# (plugins.register_plugin); each section is switched by its ``enabled``
+PLUGIN_CONFIGS: dict[str, type[PluginConfig]] = {}
+
+
+def register_plugin_section(section: str, options: type[PluginConfig]) -> None:
+    """Makes ``section:`` of a config read, validate and hash as ``options``."""
+    if section in {f.name for f in dataclasses.fields(Config)}:
+        raise ValueError(f"a plug-in section may not be named {section!r}: Config has a field of that name")
+    PLUGIN_CONFIGS[section] = options
 
 
 def method_config_class(name: str) -> type[MethodConfig]:
@@ -167,8 +196,11 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         raise ConfigError("method must be a section with at least 'name'")
     name = method_raw.get("name", MethodConfig.name)
     method_cls = method_config_class(name)
-    cfg = build_dataclass(Config, raw, "", BOOLEAN_WORDS, skip={"method"})
+    cfg = build_dataclass(Config, raw, "", BOOLEAN_WORDS, skip={"method", *PLUGIN_CONFIGS})
     cfg.method = build_dataclass(method_cls, method_raw, "method.", BOOLEAN_WORDS)
+    for section, options in PLUGIN_CONFIGS.items():
+        given = raw.get(section)
+        setattr(cfg, section, build_dataclass(options, {} if given is None else given, f"{section}.", BOOLEAN_WORDS))
     validate(cfg)
     return cfg
 
@@ -184,10 +216,10 @@ def register_check(check: Callable[[Config], None]) -> Callable[[Config], None]:
 
 
 def validate(cfg: Config) -> None:
-    """Range and consistency checks before any data is loaded: each section's own, then the
-    registered checks (a user's dataset is probed: its class folders or its arrays' headers
-    give the class count and image shape), then the method's."""
-    for section in (cfg.data, cfg.scenario, cfg.memory, cfg.model, cfg.train, cfg.sir, cfg.logit_adjustment, cfg.log):
+    """Range and consistency checks before any data is loaded: each section's own (every plug-in's
+    included), then the registered checks (a user's dataset is probed: its class folders or its
+    arrays' headers give the class count and image shape), then the method's."""
+    for section in (cfg.data, cfg.scenario, cfg.memory, cfg.model, cfg.train, *cfg.plugin_sections().values(), cfg.log):
         section.validate()
     for check in CHECKS:
         check(cfg)

@@ -92,14 +92,16 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 def build_dataclass(cls: type, raw: Any, prefix: str, words: BooleanWords, skip: frozenset[str] | set[str] = frozenset()) -> Any:
     """``cls`` from the mapping ``raw``, each value checked against its field's type; ``prefix``
-    (``method.``) makes the keys in errors dotted names of the whole configuration."""
+    (``method.``) makes the keys in errors dotted names of the whole configuration. Keys in
+    ``skip`` are known but left to the caller (a field built apart, or a section that is no field)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    known = [*fields, *sorted(set(skip) - set(fields))]
     for key in raw:
-        if key not in fields:
-            hint = difflib.get_close_matches(key, list(fields), n=1)
-            extra = f"; did you mean {prefix}{hint[0]}?" if hint else f"; known keys: {', '.join(sorted(fields))}"
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            extra = f"; did you mean {prefix}{hint[0]}?" if hint else f"; known keys: {', '.join(sorted(known))}"
             raise ConfigError(f"unknown key {prefix}{key}{extra}")
     hints = typing.get_type_hints(cls)
     values = {}

@@ -169,10 +169,22 @@ class LogConfig:
 
 
 @dataclass
-class SIRConfig:
-    """SIR plug-in (sir.py): each part has its own switch, so ablations are a --set away."""
+class PluginConfig:
+    """A training plug-in's section (plugins/base.py registers it with the plug-in): ``enabled``
+    switches the plug-in on; a subclass adds its options and checks them in ``validate``."""
 
     enabled: bool = False
+
+    def validate(self) -> None:
+        """Range checks of the section's own options."""
+
+
+# SIR's and logit adjustment's sections stay here, where earlier code imports them from; a new
+# plug-in defines its section in its own file.
+@dataclass
+class SIRConfig(PluginConfig):
+    """SIR plug-in (sir.py): each part has its own switch, so ablations are a --set away."""
+
     # ``enabled: true`` alone is the whole method (FC + CA + IT at the values of the paper configs);
     # ablations switch parts off.
     fc: float = 1.0  # tau; 0 switches frequency compensation off
@@ -196,12 +208,11 @@ class SIRConfig:
 
 
 @dataclass
-class LogitAdjustmentConfig:
+class LogitAdjustmentConfig(PluginConfig):
     """Logit adjustment (Menon et al., ICLR 2021) as a plug-in (plugins/logit_adjustment.py): the
     prior correction from the step's class counts alone, SIR's frequency compensation without
     its attenuation, transfer or per-head rules."""
 
-    enabled: bool = False
     tau: float = 1.0
     # "loss": the logit-adjusted loss (training logits + tau log prior; tau 1 is the balanced
     # softmax); "post_hoc": train as usual, subtract tau log prior from the logits at inference.

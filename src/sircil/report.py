@@ -5,8 +5,9 @@ Every run folder below the FOLDERs (a ``metrics.json`` of a finished run beside 
 setting found twice (grids continued on another machine) counts once: the first folder's run
 is kept and the report names the one left out. A run's
 method label follows the paper: the method's name, SIR_P / SIR_D for PODNet / DER with
-SIR, ``<name>+SIR`` otherwise (``+SIR[FC+IT]`` when only some parts are on), ``+LA`` with
-logit adjustment.
+SIR, ``<name>+SIR`` otherwise (``+SIR[FC+IT]`` when only some parts are on); every other
+registered plug-in that is on adds its own part (``+LA`` with logit adjustment), so a run with a
+plug-in is never taken for a second run of the plain method.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Any
 
 import yaml
 
-from .config import METHOD_CONFIGS, UNUSED_BY_METHOD
-from .config_sections import LogitAdjustmentConfig, SIRConfig
+from .config import METHOD_CONFIGS, PLUGIN_CONFIGS, UNUSED_BY_METHOD
 from .methods import METHODS
+from .plugins import PLUGINS
 from .paper import PAPER_AVERAGE_INCREMENTAL_ACCURACY
 from .runfolder import atomic_write_bytes, atomic_write_text
 
@@ -40,7 +41,7 @@ class ReportError(RuntimeError):
 
 
 # Method options that make a variant of the method worth its own row (changed from their defaults)
-VARIANT_KEYS = {"wa": ("weight_clipping", "kd_weight")}
+VARIANT_KEYS = {"wa": ("weight_clipping", "kd_weight"), "podnet": ("finetune_epochs", "finetune_frozen_bn")}
 
 
 def variant_suffix(method: dict[str, Any]) -> str:
@@ -52,12 +53,22 @@ def variant_suffix(method: dict[str, Any]) -> str:
 
 
 def method_label(config: dict[str, Any]) -> str:
+    """The method's name and variant, then a part for each plug-in that is on: SIR's last (the paper's names)."""
     name = config["method"]["name"]
-    label = NAMES.get(name, name) + variant_suffix(config["method"]) + logit_adjustment_suffix(config.get("logit_adjustment") or {})
+    label = NAMES.get(name, name) + variant_suffix(config["method"])
+    for section, plugin in PLUGINS.items():
+        options = config.get(section) or {}
+        if section != "sir" and options.get("enabled"):
+            defaults = dataclasses.asdict(PLUGIN_CONFIGS[section]())
+            label += plugin.report_label({**defaults, **options}, defaults)  # an option left out of the file is at its default
     sir = config.get("sir") or {}
-    if not sir.get("enabled"):
-        return label
-    defaults = dataclasses.asdict(SIRConfig())
+    return sir_label(label, name, sir) if sir.get("enabled") else label
+
+
+def sir_label(label: str, name: str, sir: dict[str, Any]) -> str:
+    """SIR_P / SIR_D for the paper's PODNet and DER with the whole of SIR, else ``+SIR`` with the
+    parts that are on and the head rules changed from their defaults."""
+    defaults = dataclasses.asdict(PLUGIN_CONFIGS["sir"]())
     sir = {**defaults, **sir}  # a part left out of the file is at its default
     parts = [p for p, on in (("FC", sir["fc"] > 0), ("CA", sir["ca"] < 1), ("IT", sir["it"] > 0)) if on]
     unused = UNUSED_BY_METHOD.get(name, ("sir.cosine_scale", "sir.sigmoid"))  # head rules that cannot act on this method
@@ -66,13 +77,6 @@ def method_label(config: dict[str, Any]) -> str:
         plain = label == NAMES.get(name, name) and not rules
         return WITH_SIR.get(name, f"{label}+SIR") if plain else f"{label}+SIR{rules}"
     return f"{label}+SIR[{'+'.join(parts) or 'none'}]{rules}"
-
-
-def logit_adjustment_suffix(la: dict[str, Any]) -> str:
-    if not la.get("enabled"):
-        return ""
-    la = {**dataclasses.asdict(LogitAdjustmentConfig()), **la}
-    return "+LA" + ("(post-hoc)" if la["mode"] == "post_hoc" else "") + (f"(tau {la['tau']:g})" if la["tau"] != 1.0 else "")
 
 
 @dataclass
@@ -220,7 +224,20 @@ def markdown(panels, cost, paper: bool) -> str:
                     if m in methods[treated] and m in methods[base] else "-" for m in memories
                 ]
                 lines.append(f"| {treated} - {base} | " + " | ".join(cells) + " |")
+        lines += _drop_section(dataset, steps, methods, memories)
     return "\n".join(lines) + "\n"
+
+
+def _drop_section(dataset: str, steps: int, methods: dict[str, dict[int, Point]], memories: list[int]) -> list[str]:
+    """The paper's headline quantity: the average incremental accuracy lost from the largest memory to the smallest."""
+    big, small = memories[0], memories[-1]
+    if big == small:
+        return []
+    lines = ["", f"## {dataset}, {steps} steps: the drop from m={big} to m={small}, average incremental accuracy, paired by seed",
+             "", "| method | drop |", "|---|---|"]
+    for method in _sorted_methods([m for m, points in methods.items() if big in points and small in points]):
+        lines.append(f"| {method} | {_difference_cell(paired_difference(methods[method][big], methods[method][small]))} |")
+    return lines
 
 
 def figure(panels, paper: bool) -> bytes:

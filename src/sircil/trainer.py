@@ -53,6 +53,7 @@ class Trainer:
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         self.method: Method = method_class(cfg.method.name)(cfg, self.spec)
         self.method.model.to(self.device)
+        self.withheld = self.method.withheld(self.train_split.labels)  # never trained on nor stored
         if cfg.train.channels_last:
             self.method.model.to(memory_format=torch.channels_last)
         self.memory = Memory(cfg.memory)
@@ -119,9 +120,9 @@ class Trainer:
         return step, self.prepare(step, torch.cat([new_idx, mem_idx]))
 
     def step_data(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step's training set: every image of its new classes, and the memory's exemplars."""
+        """The step's training set: every image of its new classes the method does not withhold, and the memory's exemplars."""
         labels = self.train_split.labels
-        new_idx = torch.nonzero((labels >= step.start) & (labels < step.end)).flatten()
+        new_idx = torch.nonzero((labels >= step.start) & (labels < step.end) & ~self.withheld).flatten()
         return new_idx, self.memory.indices().to(self.device)
 
     def prepare(self, step: Step, indices: torch.Tensor) -> StepContext:
@@ -175,7 +176,10 @@ class Trainer:
         if step.index > 0:
             return train()
         counts = torch.bincount(self.train_split.labels[ctx.indices]).tolist()
-        cache = base_cache_path(self.cfg, self.device.type, counts, self.plugins, self.method.base_step_key(self.cfg.method))
+        key = self.method.base_step_key(self.cfg.method)
+        if self.withheld.any():  # the base step trains without them (BiC's pool, sized by the memory): share it only at as many
+            key["withheld"] = int(self.withheld.sum())
+        cache = base_cache_path(self.cfg, self.device.type, counts, self.plugins, key)
         seen, self.progress.base_step_cached = cached_base_step(cache, self.method, train, self.dist, self.log)
         return seen
 
@@ -202,7 +206,7 @@ class Trainer:
 
     def update_memory(self, step: Step) -> None:
         labels = self.train_split.labels
-        per_class = {k: torch.nonzero(labels == k).flatten() for k in range(step.start, step.end)}
+        per_class = {k: torch.nonzero((labels == k) & ~self.withheld).flatten() for k in range(step.start, step.end)}
         generator = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, "memory", step.index))
 
         def select() -> dict:

@@ -52,8 +52,9 @@ class Method:
     # how the method classifies a new image: "cnn" (its logits) or "nme" (nearest exemplar class mean)
     inference: ClassVar[str] = "cnn"
     # The classifier the classification loss meets: the logits entry plug-ins adjust, the scale of
-    # cosine similarities where there is one (SIR's IT margins are given before it), the kind.
-    head: ClassVar[HeadSpec] = HeadSpec()
+    # cosine similarities where there is one (SIR's IT margins are given before it), the kind; an
+    # instance may name more (DER's auxiliary head, with method.sir_aux), never another kind.
+    head: HeadSpec = HeadSpec()
     # Options that act only from the first increment on: left out of the base-step cache key, so
     # runs that differ only in them share one trained base model (tests/test_base_cache.py trains
     # the base step with each of them changed and checks it is bit for bit the same).
@@ -83,6 +84,11 @@ class Method:
     def expand(self, step: Step) -> None:
         """Grow the model for the step's new classes (structure only; resume replays it)."""
         self.model.head.expand(step.num_new)
+
+    def withheld(self, labels: torch.Tensor) -> torch.Tensor:
+        """A mask over the training split (``labels``): images the run never trains on nor stores in the
+        memory, decided once before the first step (BiC's validation pool). None by default."""
+        return torch.zeros_like(labels, dtype=torch.bool)
 
     def begin_step(self, ctx: StepContext) -> None:
         """Called before training a step, after :meth:`expand`; keeps the previous model for distillation.

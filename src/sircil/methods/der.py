@@ -32,8 +32,7 @@ from ..config import Config, MethodConfig
 from ..config_io import ConfigError
 from ..data.datasets import DatasetSpec
 from ..data.memory import balanced_subset
-from ..plugins.sir import frequency_margins
-from ..training.context import StepContext
+from ..training.context import HeadSpec, StepContext
 from ..training.phase import Phase, Step
 from . import register_method
 from .base import Method, classification_loss
@@ -53,7 +52,8 @@ class DERConfig(MethodConfig):
     balanced_lr: float = 0.1
     balanced_milestones: list[int] = field(default_factory=lambda: [15])
     balanced_temperature: float = 5.0
-    # SIR's frequency compensation on the auxiliary loss too (its "old" class holds every exemplar)
+    # SIR's frequency compensation on the auxiliary loss too (its "old" class holds every exemplar):
+    # the head names the auxiliary logits for plug-ins to adjust
     sir_aux: bool = False
 
     def validate(self, cfg: Config) -> None:
@@ -148,7 +148,8 @@ class DER(Method):
 
     def __init__(self, cfg: Config, spec: DatasetSpec):
         super().__init__(cfg, spec)
-        self.aux_offset: torch.Tensor | None = None  # SIR's FC on the auxiliary loss (method.sir_aux)
+        if self.options.sir_aux:
+            self.head = HeadSpec(aux="aux_logits")
 
     def build_model(self) -> nn.Module:
         return DERNet(self.build_backbone)
@@ -158,12 +159,6 @@ class DER(Method):
 
     def begin_step(self, ctx: StepContext) -> None:
         # No old model: DER distils nothing, and a copy of every extractor would double the memory.
-        step = ctx.step
-        self.aux_offset = None
-        if self.cfg.sir.enabled and self.options.sir_aux and step.index > 0:
-            counts = ctx.class_counts()
-            aux_counts = torch.cat([counts[: step.num_old].sum().view(1), counts[step.start: step.end]])
-            self.aux_offset = self.cfg.sir.fc * frequency_margins(aux_counts)
         total = sum(p.numel() for p in self.model.parameters())
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         ctx.log.info("DER: %d extractor(s), %d parameters, %d of them trained", len(self.model.extractors), total, trainable)
@@ -187,10 +182,7 @@ class DER(Method):
     def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
         terms = {"ce": classification_loss(out["logits"], y)}
         if "aux_logits" in out and self.options.aux_weight > 0:
-            aux = out["aux_logits"]
-            if self.aux_offset is not None:
-                aux = aux + self.aux_offset
-            terms["aux"] = self.options.aux_weight * auxiliary_loss(aux, y, step.start)
+            terms["aux"] = self.options.aux_weight * auxiliary_loss(out["aux_logits"], y, step.start)
         return terms
 
     def after_step(self, ctx: StepContext) -> None:

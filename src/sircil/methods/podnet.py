@@ -8,8 +8,10 @@ embedding (factor 1), both times sqrt(classes seen / new classes); 160 epochs, l
 cosine, weight decay 5e-4, gradient values clipped at 5; new proxies imprinted by k-means;
 after each step the classifier alone is finetuned on the exemplar memory (20 epochs, lr 0.05).
 
-The official code subtracts the NCA margin from every class, which cancels it
-(PODNet issue #59); here the paper's margin applies to the target only.
+As the official code, the NCA margin is subtracted from every class, where it cancels (PODNet
+issue #59), and the learned scale is unbounded; ``method.margin_on: target`` applies the paper's
+margin to the target instead (with a floor under the scale, ``method.min_scale``, which that
+rule needs: docs/methods.md).
 """
 
 from __future__ import annotations
@@ -36,15 +38,18 @@ class PODNetConfig(MethodConfig):
     name: str = "podnet"
     proxies: int = 10
     nca_margin: float = 0.6
+    # "all": the official ``scale * (similarities - margin)``, every class, so the margin cancels;
+    # "target": the paper's Eq. (margin on the target only).
+    margin_on: str = "all"
     pod_spatial: float = 3.0
     pod_flat: float = 1.0
     finetune_epochs: int = 20
     finetune_lr: float = 0.05
-    # A floor under the learned scale (the official code has none, but its margin cancels). With the
-    # margin on the target, d(loss)/d(scale) > 0 while s_y - margin trails the best other class, so
-    # on a hard base step the scale is driven through 0 and the margin turns into a bonus (measured,
-    # docs/methods.md: scale -5.8, base accuracy 60.4% without the floor; 75.9% with it).
-    min_scale: float | None = 1.0
+    # A floor under the learned scale; the official code has none. With ``margin_on: target``,
+    # d(loss)/d(scale) > 0 while s_y - margin trails the best other class, so on a hard base step
+    # the scale is driven through 0 and the margin turns into a bonus (docs/methods.md: scale -5.8,
+    # base accuracy 60.4% without a floor; 75.9% with 1.0).
+    min_scale: float | None = None
     # Keep the backbone's BatchNorm statistics fixed during the classifier finetuning (the official
     # code re-estimates them on the memory batches, a handful of images when m is 1).
     finetune_frozen_bn: bool = False
@@ -52,13 +57,15 @@ class PODNetConfig(MethodConfig):
     def validate(self, cfg: Config) -> None:
         if self.proxies < 1 or self.finetune_epochs < 0 or self.finetune_lr <= 0:
             raise ConfigError("method.proxies must be >= 1, method.finetune_epochs >= 0, method.finetune_lr > 0")
+        if self.margin_on not in ("all", "target"):
+            raise ConfigError(f"method.margin_on must be 'all' (the official code) or 'target' (the paper), got {self.margin_on!r}")
         if self.min_scale is not None and self.min_scale <= 0:
             raise ConfigError("method.min_scale must be > 0, or null for no floor")
         if min(self.nca_margin, self.pod_spatial, self.pod_flat) < 0:
             raise ConfigError("method.nca_margin, method.pod_spatial and method.pod_flat must be >= 0")
 
 
-def nca_loss(logits: torch.Tensor, y: torch.Tensor, margin: torch.Tensor | float) -> torch.Tensor:
+def nca_loss(logits: torch.Tensor, y: torch.Tensor, margin: torch.Tensor | float = 0.0) -> torch.Tensor:
     """PODNet Sec. 3.3, NCA as the official ``nca``: s = logits - margin on the target, shifted by
     its row maximum M; loss = log(1 + sum_{j != y} exp(s_j - M)) - (s_y - M), never below 0."""
     s = logits - margin * F.one_hot(y, logits.shape[1]).to(logits.dtype)
@@ -119,12 +126,17 @@ class PODNet(Method):
         return out
 
     def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
-        terms = {"nca": nca_loss(out["logits"], y, self.options.nca_margin * out["scale"])}
+        terms = {"nca": nca_loss(out["logits"], y, self.target_margin(out["scale"]))}
         if step.num_old > 0:
             adaptive = math.sqrt(step.num_seen / step.num_new)
             terms["pod_spatial"] = self.options.pod_spatial * adaptive * pod_spatial_loss(out["maps"], out["old_maps"])
             terms["pod_flat"] = self.options.pod_flat * adaptive * pod_flat_loss(out["features"], out["old_features"])
         return terms
+
+    def target_margin(self, scale: torch.Tensor | float) -> torch.Tensor | float:
+        """The NCA margin in logit units on the target alone; the official margin on every class
+        shifts all logits of a row equally and cancels in the loss, exactly."""
+        return self.options.nca_margin * scale if self.options.margin_on == "target" else 0.0
 
     def after_step(self, ctx: StepContext) -> None:
         """Class-balanced finetuning of the classifier's proxies on the memory (official ``tuning:
@@ -142,7 +154,7 @@ class PODNet(Method):
             out = model(x)
             scale = out["scale"].detach()
             logits = scale * out["similarities"]
-            return {"nca": nca_loss(logits, y, o.nca_margin * scale)}, logits
+            return {"nca": nca_loss(logits, y, self.target_margin(scale))}, logits
 
         ctx.fit(self.extra_phase(
             "finetune", ctx.memory_indices(), o.finetune_epochs, o.finetune_lr, loss_fn, list(model.head.parameters()),

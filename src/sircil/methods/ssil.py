@@ -6,7 +6,8 @@ separated softmax: the new samples' cross-entropy over the new classes' logits o
 replayed samples' over the old classes' only, summed and divided by B + R; task-wise
 knowledge distillation: for each earlier task, KL between the old and the new model's
 softmax over that task's logits at T = 2, times T^2, summed over the tasks, on every sample.
-Inference: one softmax over every class seen.
+Inference: one softmax over every class seen. Learning rate: task t (the base task is 0) starts at
+lr / (t + 1) (``main.py``), then follows the schedule's milestones.
 """
 
 from __future__ import annotations
@@ -31,10 +32,18 @@ class SSILConfig(MethodConfig):
     name: str = "ssil"
     replay_batch: int = 32  # R, replayed exemplars added to every batch of train.batch_size new samples
     temperature: float = 2.0
+    # true: step t trains at train.lr / (t + 1), as the official main.py sets it for SS-IL;
+    # false: train.lr in every step (sircil before issue 23)
+    divide_lr_by_task: bool = True
 
     def validate(self, cfg: Config) -> None:
         if self.replay_batch < 1 or self.temperature <= 0:
             raise ConfigError(f"method.replay_batch must be >= 1 and method.temperature > 0, got {self.replay_batch}, {self.temperature}")
+
+
+def task_learning_rate(lr: float, task: int) -> float:
+    """Official ``main.py`` l. 59-61: task t (0 = the base task, which keeps lr) starts at lr / (t + 1)."""
+    return lr / (task + 1)
 
 
 def separated_softmax_loss(logits: torch.Tensor, y: torch.Tensor, num_old: int) -> torch.Tensor:
@@ -62,7 +71,7 @@ def task_wise_distillation(logits: torch.Tensor, old_logits: torch.Tensor, tasks
 class SSIL(DistillsLogits):
     name = "ssil"
     Config = SSILConfig
-    incremental_options = ("replay_batch", "temperature")
+    incremental_options = ("replay_batch", "temperature", "divide_lr_by_task")
 
     def __init__(self, cfg: Config, spec: DatasetSpec):
         super().__init__(cfg, spec)
@@ -81,7 +90,10 @@ class SSIL(DistillsLogits):
         self.replay_indices = ctx.indices[ctx.step_labels < step.start]
 
     def main_phase(self, phase: Phase, step: Step) -> Phase:
-        """New samples in batches of train.batch_size, each with ``replay_batch`` exemplars (none in the base step)."""
+        """New samples in batches of train.batch_size, each with ``replay_batch`` exemplars (none in the
+        base step); the learning rate of the step's task (``divide_lr_by_task``)."""
+        if self.options.divide_lr_by_task:
+            phase = dataclasses.replace(phase, lr=task_learning_rate(phase.lr, step.index))
         if step.num_old == 0:
             return phase
         return dataclasses.replace(phase, indices=self.new_indices, replay_indices=self.replay_indices, replay_batch=self.options.replay_batch)

@@ -6,8 +6,9 @@ logits at temperature T = 2, weighted as in the paper (Eq. 3, from BiC): (1 - la
 lambda KD with lambda = old / seen classes. Weight clipping (Sec. 3.3): after every update the
 classifier's weights are clipped at 0, as the pooled features they meet are non-negative.
 After each increment, weight aligning (Eq. 5): the new classes' weight vectors are scaled by
-gamma = mean old norm / mean new norm. The authors released no code; PyCIL's ``wa.py`` weights
-the terms 1 and 2 and does not clip (``method.kd_weight: 2``, ``method.weight_clipping: false``).
+gamma = mean old norm / mean new norm. The authors released no code; PyCIL's ``wa.py`` weights the
+terms as the paper since February 2023 (1 and 2 before: ``method.kd_weight: 2``) and does not clip
+(``method.weight_clipping: false``).
 """
 
 from __future__ import annotations

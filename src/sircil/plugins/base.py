@@ -2,18 +2,23 @@
 
 A plug-in changes training without the method knowing: it builds per-step state from the step
 context, adjusts the outputs the method's losses see, may add loss terms and adjust inference
-outputs, records what it measured in the step's metrics, and says what of its config a trained
-base step depends on. The trainer holds a list of them; a plug-in that is switched off is not
-built at all, so a run without it is the run without it, bit for bit.
+outputs, records what it measured and what it applied in the step's metrics, and says what of its
+config a trained base step depends on. One call, ``register_plugin(section, options)`` on its
+class, makes it a plug-in: its config section is then read, validated and hashed with the rest,
+its base-step cache key kept, and ``sircil report`` names its runs. The trainer holds a list of
+them; a plug-in that is switched off is not built at all, so a run without it is the run without
+it, bit for bit.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+import dataclasses
+from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
 
-from ..config import Config
+from ..config import Config, register_plugin_section
+from ..config_sections import PluginConfig
 from ..training.context import HeadSpec, StepContext
 from ..training.phase import Step
 
@@ -22,6 +27,9 @@ Outputs = dict[str, torch.Tensor]
 
 class TrainPlugin:
     label: ClassVar[str]  # how runs with it are named, e.g. "SIR" in "PODNet + SIR"
+
+    def __init__(self, cfg: PluginConfig):
+        self.cfg = cfg
 
     def begin_step(self, ctx: StepContext, head: HeadSpec) -> None:
         """Build the step's state; called before the model grows, so the model is the previous step's."""
@@ -45,28 +53,47 @@ class TrainPlugin:
         """Restores ``inference_state`` in a plug-in built from the same config."""
 
     def record(self, logits: torch.Tensor, labels: torch.Tensor, step: Step) -> dict[str, Any]:
-        """Entries added to the step's record, from the test logits (classes seen) and labels."""
+        """Entries added to the record of a step with old classes, from the test logits (classes
+        seen) and labels."""
+        return {}
+
+    def step_record(self, scale: float) -> dict[str, Any]:
+        """Entries added to every step's record: what the plug-in applied in the step (short keys,
+        listed in docs/reference.md). ``scale``: the head's learned scale after the step's training
+        (1 for a head without one), to give offsets in logit units."""
         return {}
 
     def cache_key(self, counts: list[int]) -> Any:
-        """What of this plug-in's config a trained base step depends on, given its class counts
-        (None: nothing, so runs with and without it may share the base step)."""
-        return None
+        """What of this plug-in's config a trained base step depends on, given its class counts.
+        By default its whole section: a base step trained with the plug-in is never shared with
+        one trained without it. A plug-in that leaves the base step alone returns None."""
+        return dataclasses.asdict(self.cfg)
+
+    @classmethod
+    def report_label(cls, options: dict[str, Any], defaults: dict[str, Any]) -> str:
+        """What ``sircil report`` appends to the method's name for a run with this plug-in
+        (``options``: its section, every option given): the label and each option changed
+        from its default, so that runs differing in them are reported apart."""
+        changed = "".join(f"({key}={value})" for key, value in options.items() if key != "enabled" and value != defaults.get(key))
+        return f"+{cls.label}{changed}"
 
 
-# config section -> builder (None when the section switches the plug-in off)
-PLUGINS: dict[str, Callable[[Config], TrainPlugin | None]] = {}
+# config section -> plug-in class, built from its section when ``enabled``
+PLUGINS: dict[str, type[TrainPlugin]] = {}
+P = TypeVar("P", bound=type[TrainPlugin])
 
 
-def register_plugin(section: str) -> Callable[[Callable[[Config], TrainPlugin | None]], Callable[[Config], TrainPlugin | None]]:
-    def add(builder: Callable[[Config], TrainPlugin | None]) -> Callable[[Config], TrainPlugin | None]:
-        PLUGINS[section] = builder
-        return builder
+def register_plugin(section: str, options: type[PluginConfig]) -> Callable[[P], P]:
+    """Makes ``section:`` of a config (read as ``options``) switch the decorated plug-in class on."""
+
+    def add(cls: P) -> P:
+        register_plugin_section(section, options)
+        PLUGINS[section] = cls
+        return cls
 
     return add
 
 
 def build_plugins(cfg: Config) -> dict[str, TrainPlugin]:
     """The plug-ins the config switches on, by section, in registration order."""
-    built = {section: builder(cfg) for section, builder in PLUGINS.items()}
-    return {section: plugin for section, plugin in built.items() if plugin is not None}
+    return {section: PLUGINS[section](options) for section, options in cfg.plugin_sections().items() if options.enabled}

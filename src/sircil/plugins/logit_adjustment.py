@@ -16,18 +16,19 @@ from typing import Any
 
 import torch
 
-from ..config import Config
 from ..config_sections import LogitAdjustmentConfig
 from ..training.context import HeadSpec, StepContext
 from .base import Outputs, TrainPlugin, register_plugin
 from .sir import frequency_margins
 
 
+@register_plugin("logit_adjustment", LogitAdjustmentConfig)
 class LogitAdjustment(TrainPlugin):
     label = "LA"
+    cfg: LogitAdjustmentConfig
 
     def __init__(self, cfg: LogitAdjustmentConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.head = HeadSpec()
         self.offset: torch.Tensor | None = None
 
@@ -56,11 +57,17 @@ class LogitAdjustment(TrainPlugin):
         if "offset" in state:
             self.offset = state["offset"]
 
+    def step_record(self, scale: float) -> dict[str, Any]:
+        """``la_offset``: each class's offset added to the logits, tau log(n_k / n_max) to the training
+        logits in "loss" mode, its negative to the test logits in "post_hoc" mode."""
+        sign = 1.0 if self.cfg.mode == "loss" else -1.0
+        return {"la_offset": (sign * self.offset).tolist()}
+
     def cache_key(self, counts: list[int]) -> Any:
         trains_differently = self.cfg.mode == "loss" and len(set(counts)) > 1
         return dataclasses.asdict(self.cfg) if trains_differently else None
 
-
-@register_plugin("logit_adjustment")
-def build_logit_adjustment(cfg: Config) -> LogitAdjustment | None:
-    return LogitAdjustment(cfg.logit_adjustment) if cfg.logit_adjustment.enabled else None
+    @classmethod
+    def report_label(cls, options: dict[str, Any], defaults: dict[str, Any]) -> str:
+        """``+LA``, ``(post-hoc)`` in that mode, ``(tau 0.5)`` for another tau: the names of the archived reports."""
+        return "+LA" + ("(post-hoc)" if options["mode"] == "post_hoc" else "") + (f"(tau {options['tau']:g})" if options["tau"] != 1.0 else "")

@@ -21,7 +21,6 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import Config
 from ..config_sections import SIRConfig
 from ..training.context import HeadSpec, StepContext
 from ..training.evaluation import mean_logits
@@ -36,6 +35,11 @@ def frequency_margins(counts: torch.Tensor) -> torch.Tensor:
     b = torch.zeros_like(counts)
     b[present] = torch.log(counts[present] / counts.max())
     return b
+
+
+def merged_old_margins(counts: torch.Tensor, num_old: int) -> torch.Tensor:
+    """FC's margins over an auxiliary head's classes, every old class as one, then each new class (DER's)."""
+    return frequency_margins(torch.cat([counts[:num_old].sum().view(1), counts[num_old:]]))
 
 
 def attenuation_weights(ages: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -131,20 +135,24 @@ class SIR:
         return [(int(i) // block.shape[1], num_old + int(i) % block.shape[1], float(v)) for v, i in zip(values, flat)]
 
 
+@register_plugin("sir", SIRConfig)
 class SIRPlugin(TrainPlugin):
     """SIR wired into training: per step from the step's data, per batch on the method's head."""
 
     label = "SIR"
 
     def __init__(self, cfg: SIRConfig):
+        super().__init__(cfg)
         self.sir = SIR(cfg)
         self.head = HeadSpec()
+        self.aux_offset: torch.Tensor | None = None  # FC (without CA) on the auxiliary head the method names
         self.log: logging.Logger = logging.getLogger(__name__)
 
     def begin_step(self, ctx: StepContext, head: HeadSpec) -> None:
         step, sir = ctx.step, self.sir
         self.head, self.log = head, ctx.log
         sir.begin_step(step.index, step.num_old, step.num_seen, ctx.step_labels, ctx.class_steps, lambda: ctx.embed_indices(ctx.indices))
+        self.aux_offset = sir.cfg.fc * merged_old_margins(ctx.class_counts(), step.num_old) if head.aux and step.num_old else None
         ctx.log.info("SIR: counts %s -> training offsets %s", sir.counts.tolist()[: step.num_seen], [round(v, 3) for v in sir.offset.tolist()])
         pairs = sir.top_pairs(step.num_old)
         if not pairs or not ctx.is_main:
@@ -164,6 +172,8 @@ class SIRPlugin(TrainPlugin):
         weights = self.sir.sample_weights(y) if head.kind == "sigmoid" else None
         if weights is not None:
             out["sample_weight"] = weights
+        if self.aux_offset is not None and head.aux in out:
+            out[head.aux] = out[head.aux] + self.aux_offset
         return out
 
     def record(self, logits: torch.Tensor, labels: torch.Tensor, step: Step) -> dict[str, Any]:
@@ -172,11 +182,23 @@ class SIRPlugin(TrainPlugin):
         self.log.info("step %d: bias old - new %.3f with SIR's training adjustment", step.index, old - new)
         return {"logit_bias_old_minus_new_sir_view": old - new}
 
+    def step_record(self, scale: float) -> dict[str, Any]:
+        """What SIR applied, in logit units at the head's final scale: ``sir_offset``, each class's
+        FC offset after CA (and after ``cosine_scale``'s conversion on a cosine head) or, on a
+        sigmoid head with ``sigmoid: weight``, ``sir_weight``, each class's sample weight before the
+        batch's normalization; ``sir_it``, IT's lambda (0 where IT did not act); ``sir_aux_offset``
+        on the method's auxiliary head."""
+        sir, kind = self.sir, self.head.kind
+        record: dict[str, Any] = {"sir_it": sir.cfg.it * scale if sir.it_margin is not None else 0.0}
+        if kind == "sigmoid" and sir.cfg.sigmoid == "weight":
+            record["sir_weight"] = torch.exp(-sir.offset).tolist()
+        else:
+            per_unit = scale / sir.cfg.cosine_scale if kind == "cosine" and sir.cfg.cosine_scale is not None else 1.0
+            record["sir_offset"] = (sir.offset * per_unit).tolist()
+        if self.aux_offset is not None:
+            record["sir_aux_offset"] = self.aux_offset.tolist()
+        return record
+
     def cache_key(self, counts: list[int]) -> Any:
         # SIR is a no-op on a base step whose classes are equally frequent: only then may runs share it
         return dataclasses.asdict(self.sir.cfg) if len(set(counts)) > 1 else None
-
-
-@register_plugin("sir")
-def build_sir(cfg: Config) -> SIRPlugin | None:
-    return SIRPlugin(cfg.sir) if cfg.sir.enabled else None

@@ -37,8 +37,8 @@ KEYED_FIELDS = (
 EXCLUDED = {
     "cache_dir": "where the cache lives",
     "scenario.steps": "the base step trains the base classes, whatever follows",
-    "memory.per_class": "the base step trains on no memory",
-    "memory.total": "the base step trains on no memory",
+    "memory.per_class": "the base step trains on no memory (what it withholds, BiC's pool sized by it, the trainer keys)",
+    "memory.total": "the base step trains on no memory (as memory.per_class)",
     "memory.selection": "exemplars are chosen after the base step's training",
     "train.eval_batch_size": "evaluation only",
     "train.threads": "speed only",
@@ -46,7 +46,8 @@ EXCLUDED = {
     "train.compile": "float rounding only (tests/test_compile.py)",
     "log.tensorboard": "what is logged",
 }
-# Plug-in sections (sir, ...) are keyed by what each plug-in's ``cache_key`` returns.
+# Plug-in sections (sir, ...) are keyed by what each switched-on plug-in's ``cache_key`` returns: by
+# default its whole section, so a new plug-in never reuses a base step trained without it.
 
 
 class KeyedPlugin(Protocol):

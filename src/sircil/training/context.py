@@ -18,13 +18,16 @@ from .phase import Phase, Step, derive_seed
 class HeadSpec:
     """The classifier a method's classification loss meets, as logit-rectifying plug-ins need it:
     ``logits``: the output entry that loss reads (the one plug-ins adjust); ``scale``: the entry
-    holding the scale of cosine similarities, None for plain logits; ``kind``: "linear" (softmax
-    over plain logits), "cosine" (softmax over scaled similarities) or "sigmoid" (independent
-    sigmoids)."""
+    holding the scale of cosine similarities, None for plain logits (the step's record gives it
+    after the step's training); ``kind``: "linear" (softmax over plain logits), "cosine" (softmax
+    over scaled similarities) or "sigmoid" (independent sigmoids); ``aux``: the entry of an
+    auxiliary softmax head over every old class as one, then each new class (DER's), which
+    frequency-rectifying plug-ins adjust too, None for none (or none to adjust)."""
 
     logits: str = "logits"
     scale: str | None = None
     kind: str = "linear"
+    aux: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """A step's evaluation: one batched pass over the test images seen so far gives the CNN accuracy,
-the old/new logit bias and, for methods that have it, the nearest-mean-of-exemplars accuracy."""
+the old/new logit bias and, for methods that have it, the nearest-mean-of-exemplars accuracy; the
+record also holds the head's learned scale and what each plug-in applied in the step."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import torch
 
 from ..data.augment import Normalizer
 from ..data.datasets import ImageSplit
-from ..evaluate import class_means, embed_images, infer, nme_predict
+from ..evaluate import batched, class_means, embed_images, infer, nme_predict
 from ..metrics import step_accuracies, task_accuracies
+from .context import HeadSpec
 from .phase import Step, autocast
 
 Outputs = dict[str, torch.Tensor]
@@ -23,6 +25,7 @@ class Inference(Protocol):
 
     has_nme: bool
     model: torch.nn.Module
+    head: HeadSpec
 
     def eval_logits(self, x: torch.Tensor) -> Outputs: ...
 
@@ -33,6 +36,8 @@ class Recorder(Protocol):
     def adjust_inference(self, out: Outputs) -> Outputs: ...
 
     def record(self, logits: torch.Tensor, labels: torch.Tensor, step: Step) -> dict[str, Any]: ...
+
+    def step_record(self, scale: float) -> dict[str, Any]: ...
 
 
 def mean_logits(logits: torch.Tensor, start: int) -> tuple[float, float]:
@@ -83,6 +88,16 @@ class Evaluator:
 
             return infer(forward, images, self.batch_size, self.normalizer, self.channels_last)
 
+    def head_scale(self, images: torch.Tensor) -> float | None:
+        """The learned scale the method's head names (``HeadSpec.scale``) as the model now stands,
+        None for plain logits. It depends on no input: one image's forward pass reads it."""
+        key = self.method.head.scale
+        if key is None:
+            return None
+        self.method.model.eval()
+        with torch.inference_mode(), autocast(self.precision, images.device):
+            return float(self.method.eval_logits(next(batched(images[:1], 1, self.normalizer, self.channels_last)))[key])
+
     def evaluate(
         self, step: Step, bounds: list[tuple[int, int]], memory: torch.Tensor, plugins: list[Recorder]
     ) -> tuple[dict[str, Any], list[float], list[float] | None]:
@@ -100,6 +115,11 @@ class Evaluator:
             "accuracy_old": cnn["old"],
             "accuracy_new": cnn["new"],
         }
+        scale = self.head_scale(images)
+        if scale is not None:
+            record["scale"] = scale
+        for plugin in plugins:
+            record.update(plugin.step_record(1.0 if scale is None else scale))
         if step.num_old > 0:
             logits = out["logits"][:, : step.end]
             old, new = mean_logits(logits, step.start)
