@@ -11,27 +11,40 @@ JSON file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from sircil.config import load_config
+from sircil.config import Config, load_config
 from sircil.runfolder import RunFolder, atomic_write_json, setup_logger
 from sircil.trainer import Trainer
 
 
-def train_base_step(config: str, overrides: list[str]) -> dict:
-    cfg = load_config(config, ["train.threads=2", "train.compile=off", "train.device=cpu", *overrides])
+@contextlib.contextmanager
+def scratch_trainer(cfg: Config, level: int = logging.INFO) -> Iterator[Trainer]:
+    """A trainer whose run folder is a temporary directory, gone with its log when the block ends."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = RunFolder(tmp)
         folder.prepare(cfg.to_yaml(), cfg.hash(), overwrite=True, require_existing=False)
         log = setup_logger(folder.path / "log.txt")
-        log.setLevel(logging.WARNING)
-        trainer = Trainer(cfg, folder, log)
+        log.setLevel(level)
+        try:
+            yield Trainer(cfg, folder, log)
+        finally:
+            for handler in list(log.handlers):
+                handler.close()
+                log.removeHandler(handler)
+
+
+def train_base_step(config: str, overrides: list[str]) -> dict:
+    cfg = load_config(config, ["train.threads=2", "train.compile=off", "train.device=cpu", *overrides])
+    with scratch_trainer(cfg, logging.WARNING) as trainer:
         scales: list[float] = []
 
         def keep_scale(module: torch.nn.Module, args: tuple, out: dict) -> None:
@@ -44,10 +57,7 @@ def train_base_step(config: str, overrides: list[str]) -> dict:
         trainer.fitter.fit(trainer.main_phase(step, ctx.indices, "train"), step)
         trainer.update_memory(step)
         record, _, _ = trainer.evaluator.evaluate(step, trainer.task_bounds(step), ctx.memory_indices(), [])
-        epochs = [json.loads(line) for line in (folder.path / "metrics.jsonl").read_text().splitlines()]
-        for handler in list(log.handlers):
-            handler.close()
-            log.removeHandler(handler)
+        epochs = [json.loads(line) for line in (trainer.folder.path / "metrics.jsonl").read_text().splitlines()]
     every = max(1, len(scales) // 20)
     return {
         "config": config, "overrides": overrides, "accuracy": record["accuracy"],

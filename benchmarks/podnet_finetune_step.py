@@ -11,31 +11,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
+from podnet_base_step import scratch_trainer
 from sircil.config import load_config
-from sircil.runfolder import RunFolder, atomic_write_json, setup_logger
-from sircil.trainer import Trainer
+from sircil.runfolder import RunFolder, atomic_write_json
 
 
 def rerun_step_one(run: str, config: str, overrides: list[str]) -> dict:
     recorded = json.loads((Path(run) / "metrics.json").read_text())
     cfg = load_config(config, ["train.threads=1", "train.compile=off", "train.device=cpu", *overrides])
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = RunFolder(tmp)
-        folder.prepare(cfg.to_yaml(), cfg.hash(), overwrite=True, require_existing=False)
-        log = setup_logger(folder.path / "log.txt")
-        trainer = Trainer(cfg, folder, log)
+    with scratch_trainer(cfg) as trainer:
         state = RunFolder(run).load_checkpoint(0)
         trainer.restore(state)
         trainer.progress.restore(state, 0)
         trainer.run_step(1)
-        step = json.loads((folder.path / "metrics.json").read_text())["per_step"][-1]
-        finetune = [line for line in (folder.path / "log.txt").read_text().splitlines() if "finetune epoch" in line]
-        for handler in list(log.handlers):
-            handler.close()
-            log.removeHandler(handler)
+        folder = trainer.folder.path
+        step = json.loads((folder / "metrics.json").read_text())["per_step"][-1]
+        finetune = [line for line in (folder / "log.txt").read_text().splitlines() if "finetune epoch" in line]
     keys = ("accuracy", "accuracy_old", "accuracy_new", "accuracy_nme", "scale")
     return {"run": run, "overrides": overrides, "step_1": {k: step.get(k) for k in keys},
             "recorded_step_1": {k: recorded["per_step"][1].get(k) for k in keys}, "finetune_epochs": finetune}
