@@ -56,7 +56,7 @@ def train_base_step(config: str, overrides: list[str]) -> dict:
         step, ctx = trainer.begin_step(0)
         trainer.fitter.fit(trainer.main_phase(step, ctx.indices, "train"), step)
         trainer.update_memory(step)
-        record, _, _ = trainer.evaluator.evaluate(step, trainer.task_bounds(step), ctx.memory_indices(), [])
+        record, _, _ = trainer.parts.evaluator.evaluate(step, trainer.parts.task_bounds(step), ctx.memory_indices(), [])
         epochs = [json.loads(line) for line in (trainer.folder.path / "metrics.jsonl").read_text().splitlines()]
     every = max(1, len(scales) // 20)
     return {

@@ -23,7 +23,7 @@ def rerun_step_one(run: str, config: str, overrides: list[str]) -> dict:
     cfg = load_config(config, ["train.threads=1", "train.compile=off", "train.device=cpu", *overrides])
     with scratch_trainer(cfg) as trainer:
         state = RunFolder(run).load_checkpoint(0)
-        trainer.restore(state)
+        trainer.parts.restore(state)
         trainer.progress.restore(state, 0)
         trainer.run_step(1)
         folder = trainer.folder.path

@@ -11,7 +11,7 @@ fi
 stamp="$VENV/.sircil-installed-$(cat "$ROOT/pyproject.toml" | md5sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[test,slurm,wandb]"
     touch "$stamp"
 fi
 

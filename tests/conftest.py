@@ -1,4 +1,8 @@
-"""Shared fixtures: the real Fashion-MNIST files, and small datasets written in the official formats."""
+"""Shared fixtures: the real Fashion-MNIST files, one trained run, and small datasets written in the
+official formats.
+
+The slow tier (``bash test.sh -m "not slow"`` leaves it out) is declared on each test that trains
+a run end to end or starts processes: ``@pytest.mark.slow``, or ``pytestmark`` for a module of them."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import os
 import pickle
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +26,6 @@ from sircil.training.context import StepContext
 from sircil.training.phase import Step
 
 FASHION_ROOT = Path(os.environ.get("SIRCIL_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-
-
-# The slow tier (bash test.sh -m "not slow" leaves it out): modules of whole training runs or of
-# several processes, tests named *end_to_end*, and tests of fixtures that train runs (*runs).
-SLOW_MODULES = {"test_end_to_end", "test_resume", "test_distributed", "test_behaviour_pinned", "test_packed_sweep", "test_inference", "test_compile"}
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        if module in SLOW_MODULES or "end_to_end" in item.name or any(f.endswith("runs") for f in getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +54,8 @@ def fashion_config(**sections) -> dict:
         "data": {"dataset": "fashion_mnist", "root": str(FASHION_ROOT), "train_per_class": 200, "test_per_class": 100},
         "scenario": {"base_classes": 2, "steps": 4},
         "memory": {"per_class": 20},
-        "train": {"epochs": 4, "batch_size": 32, "lr": 0.02, "device": "cpu", "scheduler": "cosine"},
+        # one thread: on a shared 2-core machine a second one mostly waits for its turn
+        "train": {"epochs": 4, "batch_size": 32, "lr": 0.02, "device": "cpu", "scheduler": "cosine", "threads": 1},
     }
     for section, values in sections.items():
         if isinstance(values, dict):
@@ -81,6 +75,36 @@ def two_step_config(method: dict, **sections) -> dict:
 
 def make_config(raw: dict):
     return config_from_dict(raw)
+
+
+def trained_run_config() -> dict:
+    """The shared trained run: finetune with post-hoc logit adjustment (a plug-in that changes
+    inference), B4 then 2 steps of 3 classes, 40 / 20 images per class, m = 5, 2 epochs."""
+    return fashion_config(
+        logit_adjustment={"enabled": True, "mode": "post_hoc"}, data={"train_per_class": 40, "test_per_class": 20},
+        scenario={"base_classes": 4, "steps": 2}, memory={"per_class": 5}, train={"epochs": 2, "batch_size": 16},
+    )
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    folder: Path
+    metrics: dict
+
+    def config(self) -> dict:
+        """The config it was trained from, a fresh copy to change at will."""
+        return trained_run_config()
+
+
+@pytest.fixture(scope="session")
+def trained_run(fashion_root, tmp_path_factory) -> TrainedRun:
+    """One finished run, trained once per session, for the tests that need some trained run but
+    not a particular one (eval, export, predict, the rerun or resume of a finished config). They
+    read its folder and never change what is there (``sircil eval`` adds its records under eval/)."""
+    from sircil.trainer import run_experiment
+
+    folder = tmp_path_factory.mktemp("trained_run") / "run"
+    return TrainedRun(folder, run_experiment(make_config(trained_run_config()), folder))
 
 
 def base_step_key(cfg) -> dict:

@@ -23,10 +23,10 @@ def test_synthetic_data_is_cifar100_shaped_balanced_and_cached(tmp_path):
 
 def test_bench_reports_three_throughputs_and_consistent_ratios(tmp_path, capsys):
     out = tmp_path / "throughput.json"
-    argv = [
-        "bench", "--train-images", "128", "--epochs", "2", "--workers", "0",
-        "--set", "train.batch_size=32", "--set", "train.device=cpu", "--data-dir", str(tmp_path), "--out", str(out),
-    ]
+    # the smallest bench that still has a warmup epoch: 2 epochs of 2 batches on ResNet-20, one thread
+    overrides = ["train.batch_size=50", "train.device=cpu", "train.threads=1", "model.backbone=resnet20"]
+    argv = ["bench", "--train-images", "100", "--epochs", "2", "--workers", "0", "--data-dir", str(tmp_path), "--out", str(out)]
+    argv += [arg for override in overrides for arg in ("--set", override)]
     assert main(argv) == 0
     result = json.loads(out.read_text())
     ips = result["images_per_second"]
@@ -35,9 +35,9 @@ def test_bench_reports_three_throughputs_and_consistent_ratios(tmp_path, capsys)
     assert result["ratios"]["sircil_to_dataloader"] == pytest.approx(ips["sircil"] / ips["dataloader"])
     for name, value in ips.items():
         assert value == pytest.approx(result["timed_images"][name] / result["timed_seconds"][name])
-    assert result["timed_images"] == {"sircil": 128, "limit": 128, "dataloader": 128}
-    assert result["warmup_epochs"] == 1 and result["batch_size"] == 32 and result["workers"] == 0 and result["device"] == "cpu"
-    assert result["overrides"] == ["train.batch_size=32", "train.device=cpu"]
+    assert result["timed_images"] == {"sircil": 100, "limit": 100, "dataloader": 100}
+    assert result["warmup_epochs"] == 1 and result["batch_size"] == 50 and result["workers"] == 0 and result["device"] == "cpu"
+    assert result["threads"] == 1 and result["overrides"] == overrides
     table = capsys.readouterr().out
     assert all(name in table for name in ips)
 

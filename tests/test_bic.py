@@ -135,6 +135,7 @@ def test_stage_2_trains_alpha_and_beta_only_on_unaugmented_validation_images():
     assert torch.equal(phase.indices, val)
 
 
+@pytest.mark.slow
 def test_bic_end_to_end_corrects_every_increment(fashion_root, tmp_path):
     metrics = run_experiment(make_config(two_step_config({"name": "bic"})), tmp_path / "run")
     assert metrics["finished"] and metrics["accuracy_matrix"][0][0] > 100 / 6 + 10  # the base step learned
@@ -148,9 +149,10 @@ def test_bic_end_to_end_corrects_every_increment(fashion_root, tmp_path):
     assert state["corrected"].tolist() == [False] * 8 + [True] * 2
 
 
+@pytest.mark.slow
 def test_pool_images_are_never_trained_on_nor_stored_and_stage_2_fits_on_them(fashion_root, tmp_path, monkeypatch):
     trainer = Trainer(make_config(two_step_config({"name": "bic"})), RunFolder(tmp_path), quiet_logger(0))
-    withheld, pool = trainer.withheld, trainer.method.pool
+    withheld, pool = trainer.parts.withheld, trainer.method.pool
     assert pool.shape == (10, 1) and int(withheld.sum()) == 10  # m = 5: one image of every class
     fit, begin, phases, steps = trainer.fitter.fit, trainer.method.begin_step, [], []
 
@@ -175,6 +177,7 @@ def test_pool_images_are_never_trained_on_nor_stored_and_stage_2_fits_on_them(fa
     assert not withheld[trainer.memory.indices()].any() and len(trainer.memory.indices()) == 5 * 10
 
 
+@pytest.mark.slow
 def test_pool_base_step_is_shared_only_at_the_same_pool_size_end_to_end(fashion_root, tmp_path):
     """The pool, sized by the memory, is missing from the base step: m = 2 and 5 (one image per class)
     share a base model, m = 20 (two) trains its own."""

@@ -82,13 +82,14 @@ def test_numpy_arrays_in_either_layout(tmp_path):
         resolve_spec(DataConfig(dataset="numpy", root=str(tmp_path / "missing.npz")))
 
 
+@pytest.mark.slow
 def test_a_run_on_numpy_arrays_end_to_end(tmp_path):
     raw = {
         "method": {"name": "finetune"},
         "data": {"dataset": "numpy", "root": str(write_npz(tmp_path / "d.npz"))},
         "scenario": {"base_classes": 2, "steps": 1},
         "memory": {"per_class": 5},
-        "train": {"epochs": 8, "batch_size": 16, "lr": 0.05, "device": "cpu"},
+        "train": {"epochs": 8, "batch_size": 16, "lr": 0.05, "device": "cpu", "threads": 1},
     }
     metrics = run_experiment(make_config(raw), tmp_path / "run")
     assert metrics["finished"] and len(metrics["per_step"]) == 2

@@ -4,6 +4,7 @@ against hand values and re-statements of the official lines, and a tiny real run
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from sircil.data.datasets import dataset_spec
@@ -71,6 +72,7 @@ def test_training_forward_splits_the_neighbours_off_and_accumulates_the_effect()
     assert set(terms) == {"colliding", "less_forget", "margin_ranking"}
 
 
+@pytest.mark.slow
 def test_dde_end_to_end(fashion_root, tmp_path):
     raw = fashion_config(
         method={"name": "dde", "top_k": 3}, data={"train_per_class": 40, "test_per_class": 20}, scenario={"base_classes": 6, "steps": 2},

@@ -147,6 +147,7 @@ def der_runs(fashion_root, tmp_path_factory):
     return der, sir_d, der_balanced
 
 
+@pytest.mark.slow
 def test_der_and_sir_d_beat_chance_on_every_step(der_runs):
     der, sir_d, _ = der_runs
     for metrics in (der, sir_d):
@@ -156,6 +157,7 @@ def test_der_and_sir_d_beat_chance_on_every_step(der_runs):
     assert der["per_step"][-1]["logit_bias_old_minus_new"] != sir_d["per_step"][-1]["logit_bias_old_minus_new"]
 
 
+@pytest.mark.slow
 def test_parameters_grow_by_one_extractor_per_step(der_runs):
     der, _, _ = der_runs
     params = [r["parameters"] for r in der["per_step"]]
@@ -167,6 +169,7 @@ def test_parameters_grow_by_one_extractor_per_step(der_runs):
         assert params[t] - params[t - 1] == extractor + classifier_growth + aux - aux_before
 
 
+@pytest.mark.slow
 def test_balanced_retraining_sees_every_class_equally(der_runs):
     _, _, balanced = der_runs
     assert len(balanced) == 3

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -36,14 +37,14 @@ def train_classifier_phase(trainer: Trainer) -> tuple[dict[str, torch.Tensor], d
     has it; returns the model's state before and after. Only a few: rounding differences grow
     fast in an untrained network (1 vs 2 threads in one process: 1e-3 apart after 12 steps),
     while after 4 steps 2 processes and 1 agree to 6e-6."""
-    step = trainer.step_info(0)
+    step = trainer.parts.step(0)
     torch.manual_seed(0)
     trainer.method.expand(step)
     indices = torch.nonzero(trainer.train_split.labels < step.end).flatten()[:128]
     model = trainer.method.model
     with torch.no_grad():  # BatchNorm statistics of real data, else the untrained network's activations explode in eval mode
         model.train()
-        model(trainer.normalizer(trainer.train_split.images[indices[:256]]))
+        model(trainer.parts.normalizer(trainer.train_split.images[indices[:256]]))
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     phase = Phase(
         name="classifier", indices=indices, epochs=1, lr=0.01, loss_fn=trainer.main_loss(step),
@@ -65,6 +66,7 @@ def _rank(rank: int, world: int, init_file: str, raw: dict, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_take_the_same_sgd_steps_as_one(fashion_root, tmp_path):
     raw = tiny_config()
     mp.spawn(_rank, args=(2, str(tmp_path / "init"), raw, str(tmp_path)), nprocs=2, join=True)
@@ -75,6 +77,7 @@ def test_two_processes_take_the_same_sgd_steps_as_one(fashion_root, tmp_path):
     assert not torch.allclose(before["head.weight"], alone["head.weight"], atol=5e-4)  # the phase did train
 
 
+@pytest.mark.slow
 def test_torchrun_runs_a_whole_experiment(fashion_root, tmp_path):
     """Two processes under torchrun train, evaluate and record a whole run, rank 0 alone writing.
     Their SGD steps are those of one process where BatchNorm cannot differ (the test above);

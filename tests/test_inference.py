@@ -5,6 +5,7 @@ Python API trains and returns metrics, and bad input gets clear errors."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,25 +21,36 @@ from sircil.runfolder import RunFolderError
 from conftest import fashion_config
 
 TINY = dict(data={"train_per_class": 40, "test_per_class": 20}, scenario={"base_classes": 4, "steps": 2},
-            memory={"per_class": 5}, train={"epochs": 2, "batch_size": 16, "threads": 1})
+            memory={"per_class": 5}, train={"epochs": 2, "batch_size": 16})
+
+
+def icarl_config() -> dict:
+    return fashion_config(method={"name": "icarl"}, sir={"enabled": True}, **TINY)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, fashion_root):
-    """Two finished tiny runs: iCaRL + SIR (NME rule, a plug-in that records) and finetune with
-    post-hoc logit adjustment (a plug-in that changes inference)."""
-    root = tmp_path_factory.mktemp("inference")
-    icarl = sircil.run(fashion_config(method={"name": "icarl"}, sir={"enabled": True}, **TINY), out=root / "icarl")
-    la = sircil.run(fashion_config(logit_adjustment={"enabled": True, "mode": "post_hoc"}, **TINY), out=root / "la")
-    return {"icarl": (root / "icarl", icarl), "la": (root / "la", la)}
+def icarl_run(tmp_path_factory, fashion_root) -> tuple[Path, dict]:
+    """A finished tiny iCaRL + SIR run (the NME rule, a plug-in that records), trained through the Python API."""
+    folder = tmp_path_factory.mktemp("inference") / "icarl"
+    return folder, sircil.run(icarl_config(), out=folder)
+
+
+def finished_run(request, name: str) -> tuple[Path, dict]:
+    """(folder, metrics) of the iCaRL + SIR run, or for "la" of the session's trained run
+    (finetune with post-hoc logit adjustment, a plug-in that changes inference)."""
+    if name == "icarl":
+        return request.getfixturevalue("icarl_run")
+    run = request.getfixturevalue("trained_run")
+    return run.folder, run.metrics
 
 
 KEYS = ("accuracy", "accuracy_old", "accuracy_new", "accuracy_nme", "logit_bias_old_minus_new", "logit_bias_old_minus_new_sir_view")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["icarl", "la"])
-def test_eval_reproduces_every_recorded_step(runs, name):
-    folder, metrics = runs[name]
+def test_eval_reproduces_every_recorded_step(request, name):
+    folder, metrics = finished_run(request, name)
     for t, recorded in enumerate(metrics["per_step"]):
         got = sircil.evaluate_run(folder, step=t)
         for key in KEYS:
@@ -55,9 +67,10 @@ def _test_images(folder):
     return dataset.test.images, dataset.test.labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,key", [("icarl", "accuracy_nme"), ("la", "accuracy")])
-def test_exported_model_classifies_as_the_run_evaluated(runs, name, key, tmp_path):
-    folder, metrics = runs[name]
+def test_exported_model_classifies_as_the_run_evaluated(request, name, key, tmp_path):
+    folder, metrics = finished_run(request, name)
     assert main(["export", str(folder), "--out", str(tmp_path / "model.pt")]) == 0
     model = sircil.load_run(tmp_path / "model.pt")
     assert model.rule == ("nme" if name == "icarl" else "cnn")
@@ -73,8 +86,9 @@ def test_exported_model_classifies_as_the_run_evaluated(runs, name, key, tmp_pat
     torch.testing.assert_close(from_folder.predict(images[seen][:8]), probabilities[:8])
 
 
-def test_predict_reads_image_files_of_any_size_and_colour(runs, tmp_path, capsys):
-    folder, _ = runs["la"]
+@pytest.mark.slow
+def test_predict_reads_image_files_of_any_size_and_colour(trained_run, tmp_path, capsys):
+    folder = trained_run.folder
     images, _ = _test_images(folder)
     grey = tmp_path / "grey.png"
     Image.fromarray(images[0, 0].numpy()).save(grey)
@@ -89,8 +103,9 @@ def test_predict_reads_image_files_of_any_size_and_colour(runs, tmp_path, capsys
     assert lines[0].startswith(f"{grey}: {direct} ")  # the PNG round trip is lossless
 
 
-def test_bad_inputs_get_clear_errors(runs, tmp_path):
-    folder, _ = runs["la"]
+@pytest.mark.slow
+def test_bad_inputs_get_clear_errors(trained_run, tmp_path):
+    folder = trained_run.folder
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     model = sircil.load_run(folder)
@@ -109,25 +124,27 @@ def test_bad_inputs_get_clear_errors(runs, tmp_path):
         sircil.load_run(broken)
 
 
-def test_api_run_returns_a_finished_run_without_training_it_again(runs):
-    folder, metrics = runs["icarl"]
+@pytest.mark.slow
+def test_api_run_returns_a_finished_run_without_training_it_again(icarl_run):
+    folder, metrics = icarl_run
     before = (folder / "log.txt").read_text()
-    again = sircil.run(fashion_config(method={"name": "icarl"}, sir={"enabled": True}, **TINY), out=folder)
+    again = sircil.run(icarl_config(), out=folder)
     assert again == json.loads((folder / "metrics.json").read_text()) == metrics
     assert (folder / "log.txt").read_text() == before
 
 
-def test_eval_command_prints_and_writes_the_record(runs, capsys):
-    folder, metrics = runs["la"]
+@pytest.mark.slow
+def test_eval_command_prints_and_writes_the_record(trained_run, capsys):
+    folder, metrics = trained_run.folder, trained_run.metrics
     assert main(["eval", str(folder), "--step", "1"]) == 0
     printed = json.loads(capsys.readouterr().out)
     written = json.loads((folder / "eval" / "step_001.json").read_text())
     assert printed["accuracy"] == written["accuracy"] == metrics["per_step"][1]["accuracy"]
 
 
-def test_every_epoch_is_a_json_line(runs):
-    folder, metrics = runs["la"]
-    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+@pytest.mark.slow
+def test_every_epoch_is_a_json_line(trained_run):
+    lines = [json.loads(line) for line in (trained_run.folder / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["phase"], r["epoch"]) for r in lines] == [(t, "train", e) for t in range(3) for e in (1, 2)]
     assert all({"loss", "ce", "accuracy", "lr", "images_per_second", "seconds"} <= set(r) for r in lines)
 

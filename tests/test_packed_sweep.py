@@ -16,9 +16,8 @@ from sircil.config_io import ConfigError
 from sircil.packed_sweep import cpu_count, parse_devices, plan_devices
 from sircil.sweep import run_sweep
 
-from test_sweep import write_sweep
+from test_sweep import SMALL, write_sweep
 
-SMALL = ["model.backbone=resnet20", "data.train_per_class=20", "data.test_per_class=10"]  # keeps the test quick
 START = " on fashion_mnist: "  # the trainer's first log line of every start or resume of a run
 DONE = "INFO done: average incremental accuracy"
 
@@ -36,6 +35,7 @@ def worker_reports(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("workers/*/worker*.json"))]
 
 
+@pytest.mark.slow
 def test_packed_sweep_runs_every_run_once_and_a_rerun_skips_them(fashion_root, tmp_path, capsys):
     path = write_sweep(tmp_path, memory_per_class=[5], overrides=SMALL)  # 2 methods x 2 seeds: 4 runs, one base step per seed
     out = tmp_path / "out"
@@ -67,6 +67,7 @@ def test_packed_sweep_runs_every_run_once_and_a_rerun_skips_them(fashion_root, t
     assert log_counts(out) == {name: (1, 1) for name in names}
 
 
+@pytest.mark.slow
 def test_interrupted_packed_sweep_resumes_on_rerun(fashion_root, tmp_path, capsys):
     path = write_sweep(tmp_path, methods={"Finetune": "finetune.yaml"}, memory_per_class=[5], overrides=SMALL)  # 2 runs
     out = tmp_path / "out"

@@ -187,6 +187,7 @@ def learned_scale(folder, step: int, min_scale: float | None) -> float:
     return scale if min_scale is None else max(scale, min_scale)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,sir", [({"name": "ucir", "cbf_epochs": 0}, False), ({"name": "podnet", "finetune_epochs": 0}, True)])
 def test_metrics_hold_the_scale_and_sirs_offsets_in_logit_units_per_step_end_to_end(fashion_root, tmp_path, method, sir):
     cfg = make_config(tiny(method, sir={"enabled": sir}))

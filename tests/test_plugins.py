@@ -105,7 +105,7 @@ def key_of(**sections) -> str:
 
 def test_base_cache_key_follows_its_classification():
     base = key_of()
-    for sections in ({"memory": {"per_class": 5}}, {"train": {"eval_batch_size": 64, "threads": 1}}, {"scenario": {"base_classes": 2, "steps": 2}},
+    for sections in ({"memory": {"per_class": 5}}, {"train": {"eval_batch_size": 64, "threads": 2}}, {"scenario": {"base_classes": 2, "steps": 2}},
                      {"logit_adjustment": {"enabled": True, "mode": "post_hoc"}}):
         assert key_of(**sections) == base, sections
     for sections in ({"seed": 8}, {"train": {"lr": 0.05}}, {"method": {"name": "icarl"}}, {"sir": {"enabled": True}},
@@ -121,6 +121,7 @@ def test_the_keys_made_before_plugins_are_kept():
     assert set(key) == {"sircil", "seed", "data", "model", "method", "base_classes", "train", "device", "sir"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["loss", "post_hoc"])
 def test_logit_adjustment_end_to_end(fashion_root, tmp_path, mode):
     """On a tiny real run: the loss mode changes training from the first imbalanced step on, the

@@ -135,6 +135,7 @@ def base_cache(tmp_path_factory):
     [("podnet", None), ("podnet", SIR), ("ucir", None)],
     ids=["podnet", "sir_p", "ucir"],
 )
+@pytest.mark.slow
 def test_end_to_end_beats_chance_every_step(fashion_root, tmp_path, base_cache, method, sir):
     from sircil.trainer import run_experiment
 

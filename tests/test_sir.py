@@ -110,12 +110,14 @@ def runs(fashion_root, tmp_path_factory):
     return {name: (run_experiment(make_config(raw), root / name), root / name) for name, raw in configs.items()}
 
 
+@pytest.mark.slow
 def test_sir_switched_off_is_bit_identical(runs):
     off, plain = stable(runs["sir_off"][0]), stable(runs["plain"][0])
     # the files differ (sir.fc, sir.it) but a switched-off plug-in's options are not in the hash
     assert off == plain
 
 
+@pytest.mark.slow
 def test_fc_reduces_the_old_new_logit_bias_at_m1(runs):
     plain, fc = runs["plain"][0], runs["fc"][0]
     bias_plain = [r["logit_bias_old_minus_new"] for r in plain["per_step"][1:]]
@@ -125,6 +127,7 @@ def test_fc_reduces_the_old_new_logit_bias_at_m1(runs):
     assert "with SIR's training adjustment" in (runs["fc"][1] / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_base_step_cache_is_shared_and_exact(runs):
     warm, cached, uncached = runs["warm_cache"][0], runs["fc_cached"][0], runs["fc"][0]
     assert not warm["base_step_cached"] and cached["base_step_cached"] and not uncached["base_step_cached"]
@@ -133,6 +136,7 @@ def test_base_step_cache_is_shared_and_exact(runs):
     assert a == b  # SIR on a balanced base step is a no-op, so the shared base step is exact
 
 
+@pytest.mark.slow
 def test_inference_uses_raw_logits(runs):
     metrics, folder = runs["fc"]
     cfg = make_config(mini(sir={"enabled": True, "fc": 1.0, "ca": 1.0, "it": 0.0}))

@@ -88,6 +88,7 @@ def test_every_batch_gets_its_replayed_exemplars(fashion_root, tmp_path):
         assert set(y[:8].tolist()) <= set(split.labels[new].tolist())
 
 
+@pytest.mark.slow
 def test_ssil_end_to_end(fashion_root, tmp_path):
     metrics = run_experiment(make_config(two_step_config({"name": "ssil", "replay_batch": 8})), tmp_path / "run")
     assert metrics["finished"] and metrics["accuracy_matrix"][0][0] > 100 / 6 + 10

@@ -14,6 +14,11 @@ from sircil.sweep import grid, load_sweep, parse_shard, run_sweep, shard
 
 from conftest import FASHION_ROOT
 
+# keeps the sweeps that train quick; those trained in this process also take one thread (the
+# sweep's own config leaves train.threads out: test_packed_sweep.py tests a packed sweep's cap on it)
+SMALL = ["model.backbone=resnet20", "data.train_per_class=20", "data.test_per_class=10"]
+IN_PROCESS = [*SMALL, "train.threads=1"]
+
 
 def write_sweep(tmp_path, **extra) -> str:
     body = {
@@ -60,7 +65,7 @@ def test_sweep_file_errors_name_the_problem(tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_without_redoing_runs_and_trains_each_base_once(fashion_root, tmp_path, monkeypatch):
-    path = write_sweep(tmp_path)
+    path = write_sweep(tmp_path, overrides=IN_PROCESS)
     out = tmp_path / "out"
     from sircil import trainer
 
@@ -162,6 +167,7 @@ def test_report_on_an_empty_folder_says_so(tmp_path):
     assert main(["report", str(tmp_path)]) == 2
 
 
+@pytest.mark.slow
 def test_claim_serializes_processes_and_takes_over_a_dead_holder(tmp_path):
     import os
     import platform
@@ -309,7 +315,7 @@ def test_a_failing_run_is_recorded_and_the_rest_of_the_grid_still_runs(fashion_r
         return real(cfg, folder, **kw)
 
     monkeypatch.setattr(trainer, "run_experiment", fail_for_seed_1)
-    statuses = run_sweep(write_sweep(tmp_path), tmp_path / "out")
+    statuses = run_sweep(write_sweep(tmp_path, overrides=IN_PROCESS), tmp_path / "out")
     failed = [s for s in statuses if s["status"] == "failed"]
     assert len(failed) == 4 and all(s["error"] == "RuntimeError: simulated device bug" for s in failed)
     assert {s["status"] for s in statuses if s not in failed} == {"ran"}

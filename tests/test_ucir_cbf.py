@@ -84,6 +84,7 @@ def cbf_runs(tmp_path_factory):
     return metrics, phases
 
 
+@pytest.mark.slow
 def test_cbf_trains_only_the_class_weights_on_the_balanced_memory(cbf_runs):
     _, phases = cbf_runs
     assert [p["step"] for p in phases["on"]] == [1, 2]  # after every increment, never after the base step
@@ -95,6 +96,7 @@ def test_cbf_trains_only_the_class_weights_on_the_balanced_memory(cbf_runs):
         assert p["lrs"] == pytest.approx([0.05, 0.05, 0.005])
 
 
+@pytest.mark.slow
 def test_cbf_off_by_default_leaves_the_run_unchanged(cbf_runs):
     metrics, phases = cbf_runs
     assert phases["off"] == []

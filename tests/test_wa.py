@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from sircil.methods.wa import WAConfig, align_weights, distillation_loss
@@ -49,6 +50,7 @@ def test_losses_weighted_by_the_share_of_old_classes():
     torch.testing.assert_close(method.losses(out, y, Step(1, 3, 4))["kd"], 2 * distillation_loss(out["logits"], out["old_logits"], 2.0))
 
 
+@pytest.mark.slow
 def test_wa_end_to_end_clips_and_aligns(fashion_root, tmp_path):
     metrics = run_experiment(make_config(two_step_config({"name": "wa"})), tmp_path / "run")
     assert metrics["finished"] and metrics["accuracy_matrix"][0][0] > 100 / 6 + 10  # the base step learned

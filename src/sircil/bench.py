@@ -38,7 +38,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
 import torch
 import torchvision
@@ -46,6 +46,7 @@ import torchvision
 from .bench_data import CLASSES, DATA_SEED, dataloader_batches, synthetic_cifar100
 from .config import load_config
 from .config_io import ConfigError
+from .data.augment import BatchAugment
 from .runfolder import RunFolder, atomic_write_json, device_name, git_commit, setup_logger
 from .trainer import Trainer
 from .training.phase import Phase, Step
@@ -99,7 +100,7 @@ def all_classes_step(trainer: Trainer) -> tuple[Step, torch.Tensor]:
     """A base step holding every class and every training image, prepared as ``run_step``
     prepares a step, so that the head has all 100 classes and an epoch is the whole training
     set, as in the anchors' pipeline (the recipe's own base step would hold half of both)."""
-    step = Step(0, 0, trainer.spec.num_classes)
+    step = Step(0, 0, trainer.parts.spec.num_classes)
     indices = torch.arange(len(trainer.train_split), device=trainer.device)
     trainer.prepare(step, indices)
     return step, indices
@@ -154,7 +155,8 @@ def time_fit(trainer: Trainer, step: Step, indices: torch.Tensor, name: str, epo
 
     fitter = trainer.fitter
     augment = fitter.augment
-    fitter.augment = source if source is not None else augment
+    # a training-phase stand-in: fit calls its augment, and only a phase without augmentation reads more of it
+    fitter.augment = cast(BatchAugment, source) if source is not None else augment
     try:
         images, _ = fitter.fit(dataclasses.replace(phase, on_epoch_start=on_epoch_start), step)
         synchronize(trainer.device)
@@ -242,7 +244,7 @@ def run_bench(options: BenchOptions) -> tuple[dict[str, Any], Path]:
         "warmup_epochs": 1 if options.epochs > 1 else 0,
         "batch_size": batch,
         "train_images": len(trainer.train_split),
-        "classes": trainer.spec.num_classes,
+        "classes": trainer.parts.spec.num_classes,
         "workers": workers,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),

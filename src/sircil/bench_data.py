@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ def synthetic_cifar100(folder: Path, train_images: int) -> Path:
     rng = np.random.default_rng(DATA_SEED)
     coarse = rng.integers(0, 256, size=(CLASSES, SIDE // 4, SIDE // 4, CHANNELS), dtype=np.int16)
     templates = coarse.repeat(4, axis=1).repeat(4, axis=2)
-    arrays = {}
+    arrays: dict[str, Any] = {}  # numpy's stubs take savez's keywords for its own options
     for split, count in (("train", train_images), ("test", test_images)):
         arrays[f"x_{split}"], arrays[f"y_{split}"] = _synthetic_split(rng, templates, count)
     # written atomically: two benchmarks started together may both write it, and neither may
@@ -102,6 +102,6 @@ def dataloader_batches(data: Path, batch_size: int, workers: int, device: torch.
         stream.close()  # ends the live iterator, and with it the worker processes
 
 
-def _epochs(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _epochs(loader: DataLoader) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
     while True:
         yield from loader

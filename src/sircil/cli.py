@@ -46,6 +46,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.sweep).stem
     shard_spec = parse_shard(args.shard)
+    if args.slurm:  # the shards as a Slurm job array, run there
+        from .slurm import cmd_slurm_sweep
+
+        return cmd_slurm_sweep(args, out)
     if args.worker is not None:  # one process of a packed sweep, started by the command below
         return sweep_worker(args.sweep, out, shard_spec, args.set, args.overwrite, args.worker_dir, args.worker, args.worker_threads)
     devices, default = plan_devices(args.sweep, out, shard_spec, args.set, args.devices)
@@ -147,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_training_commands(sub: Any) -> None:
     """run, config, sweep, bench."""
+    from .slurm import add_arguments as add_slurm_arguments
+
     run = sub.add_parser("run", help="run one experiment from a YAML config")
     run.add_argument("config", help="YAML file, e.g. configs/fashion_mnist/icarl_b2_4steps.yaml")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. memory.per_class=5 (repeatable)")
@@ -180,6 +186,7 @@ def _add_training_commands(sub: Any) -> None:
         "the next run that is neither finished nor taken; logs in <out>/workers/. Small models pack well: four "
         "ResNet-32 runs on one H100 reach 3.7x one run's throughput",
     )
+    add_slurm_arguments(sweep)
     sweep.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # internal: one worker of a packed sweep
     sweep.add_argument("--worker-dir", help=argparse.SUPPRESS)
     sweep.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
@@ -234,13 +241,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data.datasets import DatasetError
     from .report import ReportError
-    from .runfolder import RunFolderError
+    from .runfolder import DISK_FULL, RunFolderError
     from .training.loop import TrainingError
 
     try:
         return args.func(args)
     except (ConfigError, DatasetError, RunFolderError, TrainingError, ReportError) as exc:
         print(f"sircil: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk under a write of no run-folder file (log, TensorBoard): the same advice
+        if exc.errno not in DISK_FULL:
+            raise
+        print(f"sircil: error: {exc}; free space on that disk and rerun the same command (a run resumes from its last checkpoint)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sircil: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)

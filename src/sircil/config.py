@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import yaml
 
@@ -110,8 +110,8 @@ def _hash_milestones_as_epochs(content: dict[str, Any], train: TrainConfig) -> N
     and [14, 18] are one recipe (and runs recorded with the latter keep their hashes)."""
     if "milestones" in content:
         content["milestones"] = milestone_epochs(train.milestones, train.epochs)
-    if "base_milestones" in content:
-        content["base_milestones"] = milestone_epochs(train.base_milestones, train.base_epochs or train.epochs)
+    if "base_milestones" in content:  # not at its default, null
+        content["base_milestones"] = milestone_epochs(content["base_milestones"], train.base_epochs or train.epochs)
     elif any(m < 1 for m in train.milestones) and train.base_epochs not in (None, train.epochs):
         content["base_milestones"] = milestone_epochs(train.milestones, train.base_epochs)
 
@@ -215,11 +215,18 @@ def register_check(check: Callable[[Config], None]) -> Callable[[Config], None]:
     return check
 
 
+class SelfChecking(Protocol):
+    """A section that checks its own options (every section but the method's, which needs the whole config)."""
+
+    def validate(self) -> None: ...
+
+
 def validate(cfg: Config) -> None:
     """Range and consistency checks before any data is loaded: each section's own (every plug-in's
     included), then the registered checks (a user's dataset is probed: its class folders or its
     arrays' headers give the class count and image shape), then the method's."""
-    for section in (cfg.data, cfg.scenario, cfg.memory, cfg.model, cfg.train, *cfg.plugin_sections().values(), cfg.log):
+    sections: tuple[SelfChecking, ...] = (cfg.data, cfg.scenario, cfg.memory, cfg.model, cfg.train, *cfg.plugin_sections().values(), cfg.log)
+    for section in sections:
         section.validate()
     for check in CHECKS:
         check(cfg)

@@ -114,7 +114,7 @@ def build_dataclass(cls: type, raw: Any, prefix: str, words: BooleanWords, skip:
 
 def _coerce(tp: Any, value: Any, key: str, words: BooleanWords) -> Any:
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value if value is not None else {}, key + ".", words)
     if origin in (typing.Union, types.UnionType):
         return _coerce_union(tp, value, key, words)

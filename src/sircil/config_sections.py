@@ -156,16 +156,40 @@ class TrainConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases tracking (training/wandb_log.py): one W&B run per run folder, its id from
+    the config hash, so that a resumed run continues its W&B run."""
+
+    mode: str = "disabled"  # "online", "offline" (files in <run>/wandb/, uploaded later by wandb sync) or "disabled"
+    project: str = "sircil"
+    entity: str | None = None  # W&B's default entity where null
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    MODES: ClassVar[tuple[str, ...]] = ("online", "offline", "disabled")
+
+    def validate(self) -> None:
+        require(self.mode in self.MODES, f"log.wandb.mode must be one of {self.MODES}, got {self.mode!r}")
+        require(
+            self.mode == "disabled" or importlib.util.find_spec("wandb") is not None,
+            f"log.wandb.mode: {self.mode} needs the wandb package (.venv/bin/pip install 'wandb>=0.19.10'), "
+            "or set log.wandb.mode: disabled",
+        )
+
+
+@dataclass
 class LogConfig:
     """What a run writes beside log.txt and metrics.json (every epoch is in metrics.jsonl)."""
 
     tensorboard: bool = False  # TensorBoard event files in <run>/tensorboard (needs the tensorboard package)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def validate(self) -> None:
         require(
             not self.tensorboard or importlib.util.find_spec("tensorboard") is not None,
             "log.tensorboard: true needs the tensorboard package (.venv/bin/pip install tensorboard), or set log.tensorboard: false",
         )
+        self.wandb.validate()
 
 
 @dataclass

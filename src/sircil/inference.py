@@ -26,28 +26,33 @@ from .data.scenario import Scenario
 from .distributed import resolve_device, to_cpu
 from .methods import Method, method_class
 from .plugins import build_plugins
+from .run_parts import RunParts, build_run, grow
 from .runfolder import RunFolder, RunFolderError, atomic_torch_save, default_out, quiet_logger
-from .trainer import Trainer, run_experiment
+from .trainer import run_experiment
 from .training.phase import Step
 
 EXPORT_FORMAT = "sircil-model/1"
 
 
-def _trainer(folder: Path, overrides: Sequence[str], device: str | None) -> Trainer:
+def _restored(folder: Path, step: int | None, overrides: Sequence[str], device: str | None) -> tuple[RunParts, Step]:
+    """The run in ``folder`` (its config with ``overrides``, on ``device`` or its own) at its
+    checkpoint of ``step`` (default: the last), as it evaluated that step."""
     run = RunFolder(folder)
     if not run.config_file.is_file():
         raise RunFolderError(f"{folder} is not a run folder: no config.yaml in it (give the folder `sircil run` wrote)")
     cfg = load_config(run.config_file, list(overrides))
     if device is not None:
         cfg.train.device = device
-    return Trainer(cfg, run, quiet_logger(0))
+    parts = build_run(cfg, resolve_device(cfg.train.device))
+    return parts, parts.restore_for_inference(run, step, quiet_logger(0))
 
 
 def evaluate_run(folder: str | Path, step: int | None = None, overrides: Sequence[str] = (), device: str | None = None) -> dict[str, Any]:
     """The record of a checkpointed step (default: the last), computed afresh: on the run's own test
     set it equals what the run recorded; ``overrides`` (e.g. ``data.root=...``) evaluate on other data."""
-    trainer = _trainer(Path(folder), overrides, device)
-    return trainer.evaluate_step(trainer.restore_for_inference(step))
+    parts, restored = _restored(Path(folder), step, overrides, device)
+    record, row, row_nme = parts.evaluate(restored)
+    return {**record, "accuracy_per_task": row, **({"accuracy_per_task_nme": row_nme} if row_nme is not None else {})}
 
 
 def export_run(folder: str | Path, out: str | Path, step: int | None = None, device: str | None = None) -> Path:
@@ -58,22 +63,21 @@ def export_run(folder: str | Path, out: str | Path, step: int | None = None, dev
 
 def _bundle(folder: Path, step: int | None, device: str | None) -> dict[str, Any]:
     """What an exported file holds, from a run folder's checkpoint of ``step``."""
-    trainer = _trainer(folder, (), device)
-    step_info = trainer.restore_for_inference(step)
-    method = trainer.method
-    means = trainer.evaluator.class_means(trainer.memory.indices().to(trainer.device), step_info.end) if method.has_nme else None
-    n = trainer.normalizer
+    parts, restored = _restored(folder, step, (), device)
+    method = parts.method
+    means = parts.evaluator.class_means(parts.memory_indices(), restored.end) if method.has_nme else None
+    n = parts.normalizer
     return {
         "format": EXPORT_FORMAT,
-        "config": trainer.cfg.to_dict(),
-        "spec": dataclasses.asdict(trainer.spec),
-        "step": step_info.index,
-        "class_names": trainer.class_names[: step_info.end],
+        "config": parts.cfg.to_dict(),
+        "spec": dataclasses.asdict(parts.spec),
+        "step": restored.index,
+        "class_names": parts.class_names[: restored.end],
         "method_state": to_cpu(method.state_dict()),
         "normalizer": {"shift": n.shift.cpu(), "scale": n.scale.cpu(), "fill": n.fill.cpu(), "eval_crop": n.eval_crop},
-        "image_size": int(trainer.train_split.images.shape[-1]),
+        "image_size": int(parts.train.host.images.shape[-1]),
         "class_means": None if means is None else means.cpu(),
-        "plugins": {name: plugin.inference_state() for name, plugin in trainer.plugins.items()},
+        "plugins": {name: plugin.inference_state() for name, plugin in parts.plugins.items()},
     }
 
 
@@ -110,6 +114,7 @@ class TrainedModel:
             out = plugin.adjust_inference(out)
         classes = len(self.class_names)
         if self.rule == "nme":
+            assert self.class_means is not None  # the rule is nme only with class means
             return F.softmax(-torch.cdist(F.normalize(out["features"].float(), dim=1), self.class_means.to(self.device)) ** 2, dim=1)
         return F.softmax(out["logits"][:, :classes].float(), dim=1)
 
@@ -147,12 +152,11 @@ def load_run(path: str | Path, step: int | None = None, device: str = "cpu") -> 
 
 def _model(bundle: dict[str, Any], device: str) -> TrainedModel:
     cfg = config_from_dict(bundle["config"])
-    spec = DatasetSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in bundle["spec"].items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in bundle["spec"].items()}  # the spec's tuple fields, should a bundle hold them as lists
+    spec = DatasetSpec(**fields)
     target = resolve_device(device)
     method = method_class(cfg.method.name)(cfg, spec)
-    scenario = Scenario.from_config(cfg.scenario, spec.num_classes)
-    for s in range(bundle["step"] + 1):
-        method.expand(Step(s, scenario.start(s), scenario.end(s)))
+    grow(method, Scenario.from_config(cfg.scenario, spec.num_classes), bundle["step"])
     method.load_state_dict(bundle["method_state"])
     method.model.to(target)
     plugins = build_plugins(cfg)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .runfolder import RunFolderError
+from .runfolder import RunFolderError, reporting_disk_full, write_all
 
 
 class RunInProgress(RunFolderError):
@@ -60,8 +60,14 @@ def _held(path: Path, busy: Callable[[Path], None]) -> Iterator[None]:
                 lock.unlink(missing_ok=True)
             else:
                 busy(lock)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(f"{platform.node()} {os.getpid()}")
+    try:
+        with reporting_disk_full(lock):
+            write_all(fd, f"{platform.node()} {os.getpid()}".encode())
+    except BaseException:  # a lock that names no holder (left by a full disk) would never be taken over
+        lock.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
     try:
         yield
     finally:

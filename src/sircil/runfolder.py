@@ -1,12 +1,15 @@
 """The run folder: config, provenance, log, metrics, checkpoints and plot.
 
 Every file is written atomically (temporary file in the same folder, fsync, rename),
-so a crash mid-write leaves the previous version intact and never a truncated file.
+so a crash mid-write leaves the previous version intact and never a truncated file; a full
+disk or quota stops the run with a :class:`DiskFull` that names the file, and a rerun resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import json
 import logging
@@ -17,14 +20,15 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from . import __version__
+from .version import __version__
 
 CHECKPOINT_FORMAT = 1
 LOCK_NAME = "run.lock"  # held by the process running a run folder (trainer.run_experiment)
+TEMP_SUFFIX = ".tmp"  # of an atomic write's temporary file, .<name>.<random>.tmp beside its file
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -33,20 +37,52 @@ class RunFolderError(RuntimeError):
     """The run folder cannot be used as asked; the message says how to proceed."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(RunFolderError):
+    """A write ran out of disk space or quota; nothing half-written was left in the file's place."""
+
+
+@contextlib.contextmanager
+def reporting_disk_full(path: Path) -> Iterator[None]:
+    """Turn an out-of-space or out-of-quota error while writing ``path`` into a :class:`DiskFull` that
+    names the folder and the file and says how to go on."""
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make run files private
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        reason = "no space left on the device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        raise DiskFull(
+            f"cannot write {path.name} in {path.parent}: {reason}. Nothing half-written was kept: free space there "
+            "and rerun the same command (a run resumes from its last checkpoint written in full)"
+        ) from exc
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd``: a filling disk writes part of a buffer before it fails."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with reporting_disk_full(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+        try:
+            try:
+                os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make run files private
+                write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -148,7 +184,15 @@ class RunFolder:
             if self.is_finished():
                 raise RunFolderError(f"{self.path} holds a finished run; pass --overwrite to run it again, or choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
+        self.remove_temporaries()
         atomic_write_text(self.config_file, config_yaml)
+
+    def remove_temporaries(self) -> None:
+        """Temporary files of writes cut short by a kill (a failed write removes its own). Only
+        the process holding the run folder's lock writes there, so none is being written now."""
+        for folder in (self.path, self.checkpoint_dir):
+            for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
+                tmp.unlink(missing_ok=True)
 
     def save_checkpoint(self, step: int, state: dict[str, Any]) -> None:
         atomic_torch_save(self.checkpoint_path(step), {"format": CHECKPOINT_FORMAT, "sircil_version": __version__, **state})
@@ -200,17 +244,31 @@ class RunFolder:
         step = steps[-1] if step is None else step
         if step not in steps:
             raise RunFolderError(f"{self.path} has no checkpoint of step {step}; steps with checkpoints: {steps}")
-        state = torch.load(self.checkpoint_path(step), map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(self.checkpoint_path(step), map_location="cpu", weights_only=False)
+        except Exception as exc:  # sircil writes checkpoints atomically: this one was damaged or cut short elsewhere
+            raise RunFolderError(f"{self.checkpoint_path(step)} is unreadable ({type(exc).__name__}: {exc}); choose another --step") from exc
         if state.get("format") != CHECKPOINT_FORMAT:
             raise RunFolderError(f"{self.checkpoint_path(step)} has checkpoint format {state.get('format')}, this sircil reads {CHECKPOINT_FORMAT}")
         return state
 
     def append_epoch(self, record: dict[str, Any]) -> None:
         """One line of metrics.jsonl per epoch (a resumed run repeats the epochs it redoes: the last
-        line of a (step, phase, epoch) counts)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line of a (step, phase, epoch) counts). A line cut short (a full disk) is taken back, so
+        that the next one does not continue it."""
+        path = self.path / "metrics.jsonl"
+        with reporting_disk_full(path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                end = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    write_all(fd, (json.dumps(record) + "\n").encode())
+                except OSError:
+                    os.ftruncate(fd, end)
+                    raise
+            finally:
+                os.close(fd)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         atomic_write_json(self.metrics_file, metrics)

@@ -154,10 +154,12 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> Sw
 
 def grid(spec: SweepSpec) -> list[SweepRun]:
     """Every run of the sweep, in a fixed order (methods as listed, then steps, memory, seed)."""
+    every_steps: list[int | None] = [*spec.steps] if spec.steps else [None]
+    every_memory: list[int | None] = [*spec.memory_per_class] if spec.memory_per_class else [None]
     runs = []
     for label, method in spec.methods.items():
-        for steps in spec.steps or [None]:
-            for m in spec.memory_per_class or [None]:
+        for steps in every_steps:
+            for m in every_memory:
                 for seed in spec.seeds:
                     runs.append(SweepRun(label, spec.path.parent / method.config, steps, m, seed, tuple(method.overrides)))
     return runs

@@ -61,6 +61,12 @@ class Normalizer:
             fill = -shift / scale
         return cls(shift, scale, fill, cfg.crop_size)
 
+    @staticmethod
+    def measured(cfg: DataConfig, spec: DatasetSpec) -> bool:
+        """Whether :meth:`from_config` reads the training images' values (a per-pixel mean, or a
+        mean or std that neither the config nor the dataset gives); otherwise only their device."""
+        return cfg.normalize == "pixel_mean" or (cfg.mean or spec.mean) is None or (cfg.std or spec.std) is None
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() / 255.0 - self.shift) / self.scale
 

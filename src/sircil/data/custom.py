@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..config_sections import DataConfig
-from .datasets import DatasetError, DatasetSpec, ImageSplit, register_dataset
+from .registry import DatasetError, DatasetSpec, ImageSplit, register_dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 TEST_FOLDERS = ("val", "test")
@@ -80,16 +80,22 @@ def _classes(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def probe_imagefolder(root: Path, cfg: DataConfig) -> DatasetSpec:
+def required_image_size(cfg: DataConfig, example: str) -> int:
+    """``data.image_size``, which image folders need: their images come in every size."""
     from ..config_io import ConfigError
 
     if cfg.image_size is None:
-        raise ConfigError("data.dataset=imagefolder needs data.image_size (the side images are resized and cropped to, e.g. 32 or 224)")
+        raise ConfigError(f"data.dataset={cfg.dataset} needs data.image_size (the side images are resized and cropped to, {example})")
+    return cfg.image_size
+
+
+def probe_imagefolder(root: Path, cfg: DataConfig) -> DatasetSpec:
+    size = required_image_size(cfg, "e.g. 32 or 224")
     train, _ = _split_folders(root)
     classes = _classes(train)
     if len(classes) < 2:
         raise DatasetError(f"imagefolder: {train} holds {len(classes)} class folder(s); class-incremental learning needs at least 2")
-    return dataclasses.replace(IMAGEFOLDER, num_classes=len(classes), image_size=cfg.image_size)
+    return dataclasses.replace(IMAGEFOLDER, num_classes=len(classes), image_size=size)
 
 
 def decode_image(path: Path, size: int, channels: int = 3) -> torch.Tensor:
@@ -138,7 +144,7 @@ def _load_imagefolder(root: Path, cfg: DataConfig):
     extra = sorted(set(_classes(test_dir)) - set(classes))
     if extra:
         raise DatasetError(f"imagefolder: {test_dir} has class folders absent from {train_dir}: {extra}")
-    size = int(cfg.image_size)
+    size = required_image_size(cfg, "e.g. 32 or 224")
     train = _read_split(train_dir, classes, size, cfg.train_per_class)
     test = _read_split(test_dir, classes, size, cfg.test_per_class)
     return train, test, classes
@@ -169,9 +175,8 @@ def probe_imagenet_subset(root: Path, cfg: DataConfig) -> DatasetSpec:
 
     if cfg.subset not in (None, *IMAGENET_SUBSETS):
         raise ConfigError(f"data.subset must be one of {sorted(IMAGENET_SUBSETS)} (or null: ucir), got {cfg.subset!r}")
-    if cfg.image_size is None:
-        raise ConfigError("data.dataset=imagenet_subset needs data.image_size (e.g. 256, with data.crop=resized, data.crop_size=224)")
-    return dataclasses.replace(IMAGENET_SUBSET, image_size=cfg.image_size)
+    size = required_image_size(cfg, "e.g. 256, with data.crop=resized, data.crop_size=224")
+    return dataclasses.replace(IMAGENET_SUBSET, image_size=size)
 
 
 @register_dataset(IMAGENET_SUBSET, probe=probe_imagenet_subset)
@@ -190,7 +195,7 @@ def _load_imagenet_subset(root: Path, cfg: DataConfig):
                 f"(e.g. {missing[:3]}). {IMAGENET_SUBSET.where_to_get}"
             )
         limit = cfg.train_per_class if split == "train" else cfg.test_per_class
-        splits.append(_read_split(folder, wnids, int(cfg.image_size), limit))
+        splits.append(_read_split(folder, wnids, required_image_size(cfg, "e.g. 256"), limit))
     return splits[0], splits[1], wnids
 
 

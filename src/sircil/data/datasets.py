@@ -1,92 +1,25 @@
-"""Datasets as uint8 tensors: the whole split lives on the training device.
+"""Datasets as uint8 tensors, on the device a run uses (:class:`DeviceSplit`): training holds
+a whole split there; evaluating a checkpoint moves only the images it reads.
 
 Each dataset registers a :class:`DatasetSpec` (shape, classes, normalization) and a
 loader that reads its files from a root folder (readers.py: the standard datasets;
-custom.py: a user's); loading checks the splits against the spec, and the config is
-checked against it.
+custom.py: a user's) in registry.py; loading checks the splits against the spec, and the
+config is checked against it.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ..config import Config, register_check
 from ..config_io import require
 from ..config_sections import DataConfig
-
-
-class DatasetError(RuntimeError):
-    """A dataset file is missing, corrupt or malformed; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    num_classes: int
-    channels: int
-    image_size: int
-    mean: tuple[float, ...] | None  # None: measured on the training split
-    std: tuple[float, ...] | None
-    flip: bool
-    default_roots: tuple[str, ...]
-    where_to_get: str
-
-
-@dataclass
-class ImageSplit:
-    images: torch.Tensor  # uint8, N x C x H x W
-    labels: torch.Tensor  # int64, N
-
-    def to(self, device: torch.device | str) -> "ImageSplit":
-        return ImageSplit(self.images.to(device), self.labels.to(device))
-
-    def __len__(self) -> int:
-        return int(self.labels.numel())
-
-
-@dataclass
-class Dataset:
-    spec: DatasetSpec
-    train: ImageSplit
-    test: ImageSplit
-    class_names: list[str]
-
-
-Loader = Callable[[Path, DataConfig], tuple[ImageSplit, ImageSplit, list[str]]]
-# A user's dataset (a folder of images, a .npz file) has its class count and image shape
-# read from its files, cheaply, before the config is validated.
-Probe = Callable[[Path, DataConfig], DatasetSpec]
-_SPECS: dict[str, DatasetSpec] = {}
-_LOADERS: dict[str, Loader] = {}
-_PROBES: dict[str, Probe] = {}
-
-
-def register_dataset(spec: DatasetSpec, probe: Probe | None = None) -> Callable[[Loader], Loader]:
-    def deco(fn: Loader) -> Loader:
-        _SPECS[spec.name] = spec
-        _LOADERS[spec.name] = fn
-        if probe is not None:
-            _PROBES[spec.name] = probe
-        return fn
-
-    return deco
-
-
-def dataset_spec(name: str) -> DatasetSpec:
-    from ..config_io import ConfigError
-
-    if name not in _SPECS:
-        raise ConfigError(f"data.dataset must be one of {sorted(_SPECS)}, got {name!r}")
-    return _SPECS[name]
-
-
-def dataset_names() -> list[str]:
-    return sorted(_SPECS)
+from . import custom, readers  # noqa: F401  (they register the user-dataset kinds, CIFAR-100 and Fashion-MNIST)
+from .registry import Dataset, DatasetError, DatasetSpec, ImageSplit, dataset_loader, dataset_probe, dataset_spec
+from .scenario import NAMED_ORDERS
 
 
 def resolve_root(cfg: DataConfig, spec: DatasetSpec) -> Path:
@@ -105,14 +38,14 @@ def resolve_root(cfg: DataConfig, spec: DatasetSpec) -> Path:
 def resolve_spec(cfg: DataConfig) -> DatasetSpec:
     """The dataset's spec; for a user's dataset, read from its files under the root."""
     spec = dataset_spec(cfg.dataset)
-    probe = _PROBES.get(spec.name)
+    probe = dataset_probe(spec.name)
     return probe(resolve_root(cfg, spec), cfg) if probe is not None else spec
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     spec = resolve_spec(cfg)
     root = resolve_root(cfg, spec)
-    train, test, names = _LOADERS[spec.name](root, cfg)
+    train, test, names = dataset_loader(spec.name)(root, cfg)
     for split_name, split in (("train", train), ("test", test)):
         _check_split(spec, split, split_name, root)
     train = first_per_class(train, cfg.train_per_class, spec.num_classes)
@@ -131,6 +64,42 @@ def first_per_class(split: ImageSplit, limit: int | None, num_classes: int) -> I
     rank = torch.arange(labels.numel()) - starts[sorted_labels]
     keep = torch.sort(order[rank < limit]).values
     return ImageSplit(split.images[keep], labels[keep])
+
+
+class DeviceSplit:
+    """A split as a run reads it on its device. The labels are there from the start (small);
+    the images move whole the first time :meth:`whole` or ``images`` asks (training, and the
+    test pass of an evaluation), and until then :meth:`take` moves only the images it is asked
+    for (a checkpoint's exemplars, the images a plug-in measures), so evaluating a checkpoint
+    never holds the training split on the device."""
+
+    def __init__(self, host: ImageSplit, device: torch.device):
+        self.host, self.device = host, device
+        self.labels = host.labels.to(device)
+        self._images: torch.Tensor | None = None
+
+    @property
+    def moved(self) -> bool:
+        """Whether the images are on the device, whole."""
+        return self._images is not None
+
+    @property
+    def images(self) -> torch.Tensor:
+        if self._images is None:
+            self._images = self.host.images.to(self.device)
+        return self._images
+
+    def whole(self) -> ImageSplit:
+        return ImageSplit(self.images, self.labels)
+
+    def take(self, indices: torch.Tensor) -> torch.Tensor:
+        """The images at ``indices`` (on the device), without moving the others there."""
+        if self._images is not None:
+            return self._images[indices]
+        return self.host.images[indices.cpu()].to(self.device)
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
 
 
 def _check_split(spec: DatasetSpec, split: ImageSplit, name: str, root: Path) -> None:
@@ -157,8 +126,6 @@ def _check_split(spec: DatasetSpec, split: ImageSplit, name: str, root: Path) ->
 def check_against_dataset(cfg: Config) -> None:
     """The config against the dataset's spec (a user's dataset is probed for it): image size,
     channels, and that the scenario and the class order fit its classes."""
-    from .scenario import NAMED_ORDERS
-
     d, s = cfg.data, cfg.scenario
     spec = resolve_spec(d)
     require(
@@ -188,7 +155,3 @@ def check_against_dataset(cfg: Config) -> None:
             len(NAMED_ORDERS[d.class_order]) == spec.num_classes,
             f"data.class_order={d.class_order!r} has {len(NAMED_ORDERS[d.class_order])} classes, {spec.name} has {spec.num_classes}",
         )
-
-
-from . import readers  # noqa: E402,F401  (registers CIFAR-100 and Fashion-MNIST)
-from . import custom  # noqa: E402,F401  (registers the user-dataset kinds)

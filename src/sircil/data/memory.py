@@ -67,6 +67,7 @@ class Memory:
         """Exemplars per class once ``classes_seen`` classes are stored (never above the total)."""
         if self.per_class is not None:
             return self.per_class
+        assert self.total is not None, "MemoryConfig.validate: exactly one of per_class and total is set"
         return self.total // max(classes_seen, 1)
 
     @property

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..config_sections import DataConfig
-from .datasets import DatasetError, DatasetSpec, ImageSplit, register_dataset
+from .registry import DatasetError, DatasetSpec, ImageSplit, register_dataset
 
 
 def md5sum(path: Path, decompress: bool = False) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..config_sections import DataConfig, ScenarioConfig
-from .datasets import Dataset, ImageSplit
+from .registry import Dataset, ImageSplit
 
 # Orders of the original iCaRL code, as used by PODNet and DER's B50 configs
 # (arthurdouillard/incremental_learning.pytorch, options/data/cifar100_3orders.yaml;

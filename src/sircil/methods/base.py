@@ -11,15 +11,15 @@ training loop, an optimizer, a checkpoint or a metric.
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Config, MethodConfig, non_default
+from ..config import Config as RunConfig, MethodConfig, non_default
 from ..data.datasets import DatasetSpec
-from ..models import IncrementalLinear, build_backbone
+from ..models import Backbone, IncrementalLinear, build_backbone
 from ..training.context import HeadSpec, StepContext
 from ..training.phase import LossFn, Phase, Step
 
@@ -27,7 +27,7 @@ from ..training.phase import LossFn, Phase, Step
 class IncrementalNet(nn.Module):
     """Backbone + growing head; returns the logits and the pooled features."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+    def __init__(self, backbone: nn.Module, head: IncrementalLinear):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -37,12 +37,22 @@ class IncrementalNet(nn.Module):
         return {"logits": self.head(features), "features": features}
 
 
-def frozen_copy(model: nn.Module) -> nn.Module:
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def frozen_copy(model: ModuleT) -> ModuleT:
     """A copy that never trains: eval mode (BatchNorm statistics fixed), no gradients."""
     old = copy.deepcopy(model)
     old.eval()
     old.requires_grad_(False)
     return old
+
+
+@runtime_checkable
+class GrowingHead(Protocol):
+    """A classifier that gains rows for each step's new classes (IncrementalLinear, CosineClassifier)."""
+
+    def expand(self, n_new: int) -> None: ...
 
 
 class Method:
@@ -61,18 +71,23 @@ class Method:
     incremental_options: ClassVar[tuple[str, ...]] = ()
     # The method whose base step this one trains, where it is another's (DDE trains UCIR's).
     base_step_of: ClassVar[str | None] = None
+    # A method declares its own: ``options`` an instance of its ``Config``, ``model`` and ``old_model``
+    # (a frozen copy of ``model``) of the class its ``build_model`` returns.
+    options: MethodConfig
+    model: nn.Module
+    old_model: nn.Module | None
 
-    def __init__(self, cfg: Config, spec: DatasetSpec):
+    def __init__(self, cfg: RunConfig, spec: DatasetSpec):
         self.cfg = cfg
         self.options = cfg.method
         self.spec = spec
         self.model = self.build_model()
-        self.old_model: nn.Module | None = None
+        self.old_model = None
 
     def build_model(self) -> nn.Module:
         return IncrementalNet(self.build_backbone(), IncrementalLinear(self.feature_dim))
 
-    def build_backbone(self) -> nn.Module:
+    def build_backbone(self) -> Backbone:
         m = self.cfg.model
         backbone = build_backbone(
             m.backbone, self.spec.channels, last_relu=m.last_relu, shortcut=m.shortcut,
@@ -82,8 +97,11 @@ class Method:
         return backbone
 
     def expand(self, step: Step) -> None:
-        """Grow the model for the step's new classes (structure only; resume replays it)."""
-        self.model.head.expand(step.num_new)
+        """Grow the model for the step's new classes (structure only; resume replays it): by default
+        its ``head``; a method whose model has none overrides this."""
+        head = self.model.head
+        assert isinstance(head, GrowingHead), f"{type(self).__name__}'s model has no head with expand(n_new): override Method.expand"
+        head.expand(step.num_new)
 
     def withheld(self, labels: torch.Tensor) -> torch.Tensor:
         """A mask over the training split (``labels``): images the run never trains on nor stores in the

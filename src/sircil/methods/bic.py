@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Config, MethodConfig
+from ..config import Config as RunConfig, MethodConfig
 from ..config_io import ConfigError
 from ..data.datasets import DatasetSpec
 from ..data.memory import Memory
@@ -41,8 +41,8 @@ from ..data.scenario import Scenario
 from ..models import IncrementalLinear
 from ..training.context import StepContext
 from ..training.phase import Phase, Step, derive_seed
-from . import register_method
 from .base import DistillsLogits, IncrementalNet, classification_loss, distillation_loss
+from .registry import register_method
 
 
 VALIDATIONS = ("pool", "split")
@@ -60,7 +60,7 @@ class BiCConfig(MethodConfig):
     bias_milestones: list[int] | None = None
     beta_l2: float = 0.1  # weight of tf.nn.l2_loss(beta) = beta^2 / 2
 
-    def validate(self, cfg: Config) -> None:
+    def validate(self, cfg: RunConfig) -> None:
         if self.temperature <= 0 or not 0 < self.val_fraction < 1 or self.beta_l2 < 0:
             raise ConfigError(
                 f"method.temperature must be > 0, method.val_fraction in (0, 1), method.beta_l2 >= 0; got "
@@ -75,7 +75,9 @@ class BiCConfig(MethodConfig):
 class BiasCorrectedNet(IncrementalNet):
     """IncrementalNet whose logits of the classes in ``corrected`` become alpha * o + beta."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+    corrected: torch.Tensor  # a registered buffer (below)
+
+    def __init__(self, backbone: nn.Module, head: IncrementalLinear):
         super().__init__(backbone, head)
         self.alpha = nn.Parameter(torch.ones(()))
         self.beta = nn.Parameter(torch.zeros(()))
@@ -153,13 +155,15 @@ class BiC(DistillsLogits):
     Config = BiCConfig
     # val_fraction is not among them: it sizes the pool, which the base step goes without
     incremental_options = ("temperature", "bias_epochs", "bias_lr", "bias_milestones", "beta_l2")
+    options: BiCConfig
+    model: BiasCorrectedNet
 
-    def __init__(self, cfg: Config, spec: DatasetSpec):
+    def __init__(self, cfg: RunConfig, spec: DatasetSpec):
         super().__init__(cfg, spec)
         self.pool: torch.Tensor | None = None  # pool[k]: class k's validation images (validation: pool)
         self.split: tuple[torch.Tensor, torch.Tensor] | None = None  # this step's (training, validation) indices
 
-    def build_model(self) -> nn.Module:
+    def build_model(self) -> BiasCorrectedNet:
         return BiasCorrectedNet(self.build_backbone(), IncrementalLinear(self.feature_dim))
 
     def expand(self, step: Step) -> None:
@@ -193,7 +197,7 @@ class BiC(DistillsLogits):
             if self.pool is None:
                 raise RuntimeError("BiC's validation pool is drawn by withheld() before the first step")
             per_class = min(per_class, self.pool.shape[1])
-            self.split = self.pool_split(ctx, counts, per_class)
+            self.split = self.pool_split(ctx, self.pool, counts, per_class)
             ctx.log.info(
                 "BiC: %d images held out for bias correction (%d per class) from the validation pool; the old classes train on "
                 "%d exemplars each", self.split[1].numel(), per_class, max(1, int(counts[: step.num_old].min()) - per_class),
@@ -207,12 +211,12 @@ class BiC(DistillsLogits):
             f"; {int(shared.sum())} old classes too small to spare theirs share them with training" if shared.any() else "",
         )
 
-    def pool_split(self, ctx: StepContext, counts: torch.Tensor, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def pool_split(self, ctx: StepContext, pool: torch.Tensor, counts: torch.Tensor, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: the new classes' images and each old class's first exemplars (herding rank), ``per_class``
         fewer than the memory holds, but at least one; validation: the first ``per_class`` pool images of every class seen."""
         keep = counts.clone()
         keep[: ctx.step.num_old] = (counts[: ctx.step.num_old] - per_class).clamp(min=1)
-        return first_per_class(ctx.indices, ctx.labels, keep), self.pool[: ctx.step.num_seen, :per_class].flatten()
+        return first_per_class(ctx.indices, ctx.labels, keep), pool[: ctx.step.num_seen, :per_class].flatten()
 
     def param_groups(self, step: Step) -> list[dict]:
         bias = {id(self.model.alpha), id(self.model.beta)}

@@ -24,11 +24,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import Config
+from ..config import Config as RunConfig
+from ..data.datasets import DatasetSpec
 from ..config_io import ConfigError
 from ..training.context import StepContext
 from ..training.phase import Phase, Step
-from . import register_method
+from .registry import register_method
 from .ucir import UCIR, UCIRConfig
 
 
@@ -39,7 +40,7 @@ class DDEConfig(UCIRConfig):
     momentum: float = 0.9  # mu, the causal embedding's momentum
     effect_weight: float = 0.5  # alpha_TDE: how much of the momentum effect inference removes
 
-    def validate(self, cfg: Config) -> None:
+    def validate(self, cfg: RunConfig) -> None:
         super().validate(cfg)
         if self.top_k < 1 or not 0 <= self.momentum < 1 or self.effect_weight < 0:
             raise ConfigError(
@@ -86,8 +87,9 @@ class DDE(UCIR):
     Config = DDEConfig
     incremental_options = (*UCIR.incremental_options, "top_k", "momentum", "effect_weight")
     base_step_of = "ucir"  # the base step is UCIR's: the two DDE parts start with the first increment
+    options: DDEConfig
 
-    def __init__(self, cfg, spec):
+    def __init__(self, cfg: RunConfig, spec: DatasetSpec):
         super().__init__(cfg, spec)
         self.effect: torch.Tensor | None = None  # the momentum embedding of the last increment (none after the base step)
         self.neighbours: torch.Tensor | None = None
@@ -119,6 +121,8 @@ class DDE(UCIR):
             return super().forward(x, step)
         batch = x.shape[0] // (1 + self.neighbours.shape[1])
         out = super().forward(x[:batch], step)
+        # begin_step sets the momentum embedding with the neighbours
+        assert self.effect is not None
         with torch.no_grad():
             out["neighbour_logits"] = self.model(x[batch:])["logits"]
             self.effect.mul_(self.options.momentum).add_(out["features"].detach().mean(0))

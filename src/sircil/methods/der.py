@@ -28,14 +28,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Config, MethodConfig
+from ..config import Config as RunConfig, MethodConfig
 from ..config_io import ConfigError
 from ..data.datasets import DatasetSpec
 from ..data.memory import balanced_subset
+from ..models import Backbone
 from ..training.context import HeadSpec, StepContext
 from ..training.phase import Phase, Step
-from . import register_method
 from .base import Method, classification_loss
+from .registry import register_method
 
 
 @dataclass
@@ -56,7 +57,7 @@ class DERConfig(MethodConfig):
     # the head names the auxiliary logits for plug-ins to adjust
     sir_aux: bool = False
 
-    def validate(self, cfg: Config) -> None:
+    def validate(self, cfg: RunConfig) -> None:
         if self.aux_weight < 0 or self.balanced_epochs < 0 or self.balanced_lr <= 0 or self.balanced_temperature <= 0:
             raise ConfigError(
                 "method.aux_weight and method.balanced_epochs must be >= 0, method.balanced_lr and "
@@ -85,10 +86,11 @@ class DERNet(nn.Module):
     """Frozen extractors of the earlier steps, the current step's trainable one, a classifier
     over all their features and an auxiliary classifier on the current one's."""
 
-    def __init__(self, make_extractor: Callable[[], nn.Module]):
+    def __init__(self, make_extractor: Callable[[], Backbone]):
         super().__init__()
-        self.extractors = nn.ModuleList([make_extractor()])
-        self.out_dim: int = self.extractors[0].out_dim
+        first = make_extractor()
+        self.extractors = nn.ModuleList([first])
+        self.out_dim = first.out_dim
         self.classifier: nn.Linear | None = None  # built by expand, once the step's classes are known
         self.aux_classifier: nn.Linear | None = None
 
@@ -123,6 +125,7 @@ class DERNet(nn.Module):
         return torch.cat([*old, new], dim=1), new
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        assert self.classifier is not None, "expand builds the classifier before the first forward pass"
         features, new = self.features(x)
         out = {"logits": self.classifier(features), "features": features}
         if self.aux_classifier is not None:
@@ -145,13 +148,15 @@ class DER(Method):
     name = "der"
     Config = DERConfig
     incremental_options = ("aux_weight", "balanced_epochs", "balanced_lr", "balanced_milestones", "balanced_temperature", "sir_aux")
+    options: DERConfig
+    model: DERNet
 
-    def __init__(self, cfg: Config, spec: DatasetSpec):
+    def __init__(self, cfg: RunConfig, spec: DatasetSpec):
         super().__init__(cfg, spec)
         if self.options.sir_aux:
             self.head = HeadSpec(aux="aux_logits")
 
-    def build_model(self) -> nn.Module:
+    def build_model(self) -> DERNet:
         return DERNet(self.build_backbone)
 
     def expand(self, step: Step) -> None:
@@ -192,15 +197,17 @@ class DER(Method):
             return
         indices = balanced_subset(ctx.indices, ctx.labels, ctx.generator("balanced"))
         ctx.log.info("DER: classifier re-trained on %d images, %d per class", indices.numel(), indices.numel() // step.num_seen)
-        model.classifier.reset_parameters()
+        classifier = model.classifier
+        assert classifier is not None, "expand builds the classifier"
+        classifier.reset_parameters()
 
         def loss_fn(x: torch.Tensor, y: torch.Tensor):
             with torch.no_grad():
                 features, _ = model.features(x)
-            logits = model.classifier(features)
+            logits = classifier(features)
             return {"ce": F.cross_entropy(logits / o.balanced_temperature, y)}, logits
 
         ctx.fit(self.extra_phase(
-            "balanced", indices, o.balanced_epochs, o.balanced_lr, loss_fn, [model.classifier.weight],
+            "balanced", indices, o.balanced_epochs, o.balanced_lr, loss_fn, [classifier.weight],
             scheduler="step", milestones=list(o.balanced_milestones), train_mode=model.eval,
         ))

@@ -11,8 +11,8 @@ import torch
 
 from ..config import MethodConfig
 from ..training.phase import Step
-from . import register_method
 from .base import Method, classification_loss
+from .registry import register_method
 
 
 @dataclass
@@ -24,6 +24,7 @@ class FinetuneConfig(MethodConfig):
 class Finetune(Method):
     name = "finetune"
     Config = FinetuneConfig
+    options: FinetuneConfig
 
     def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
         return {"ce": classification_loss(out["logits"], y)}

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from ..config import MethodConfig
 from ..training.context import HeadSpec
 from ..training.phase import Step
-from . import register_method
 from .base import DistillsLogits
+from .registry import register_method
 
 
 @dataclass
@@ -54,6 +54,7 @@ class ICaRL(DistillsLogits):
     has_nme = True
     inference = "nme"  # iCaRL classifies by the nearest mean of exemplars (Alg. 1)
     head = HeadSpec(kind="sigmoid")
+    options: ICaRLConfig
 
     def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
         return {"bce": icarl_bce_loss(out["logits"], y, out.get("old_logits"), self.spec.num_classes, out.get("sample_weight"))}

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config, MethodConfig
@@ -29,8 +28,8 @@ from ..config_io import ConfigError
 from ..models.cosine import CosineClassifier, ScaledCosineNet, kmeans, old_classes_frozen
 from ..training.context import HeadSpec, StepContext
 from ..training.phase import Step
-from . import register_method
 from .base import Method
+from .registry import register_method
 
 
 @dataclass
@@ -100,8 +99,11 @@ class PODNet(Method):
     incremental_options = ("pod_spatial", "pod_flat", "finetune_epochs", "finetune_lr", "finetune_frozen_bn")
     has_nme = True
     head = HeadSpec(scale="scale", kind="cosine")
+    options: PODNetConfig
+    model: ScaledCosineNet
+    old_model: ScaledCosineNet | None
 
-    def build_model(self) -> nn.Module:
+    def build_model(self) -> ScaledCosineNet:
         backbone = self.build_backbone()
         head = CosineClassifier(self.feature_dim, proxies=self.options.proxies, similarity="neg_squared_distance")
         return ScaledCosineNet(backbone, head, min_scale=self.options.min_scale, return_maps=True)
@@ -129,7 +131,9 @@ class PODNet(Method):
         terms = {"nca": nca_loss(out["logits"], y, self.target_margin(out["scale"]))}
         if step.num_old > 0:
             adaptive = math.sqrt(step.num_seen / step.num_new)
-            terms["pod_spatial"] = self.options.pod_spatial * adaptive * pod_spatial_loss(out["maps"], out["old_maps"])
+            # lists of stage maps among the output tensors (ScaledCosineNet with return_maps, forward above)
+            maps, old_maps = cast(list[torch.Tensor], out["maps"]), cast(list[torch.Tensor], out["old_maps"])
+            terms["pod_spatial"] = self.options.pod_spatial * adaptive * pod_spatial_loss(maps, old_maps)
             terms["pod_flat"] = self.options.pod_flat * adaptive * pod_flat_loss(out["features"], out["old_features"])
         return terms
 

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, MethodConfig
+from ..config import Config as RunConfig, MethodConfig
 from ..config_io import ConfigError
 from ..data.datasets import DatasetSpec
 from ..training.context import StepContext
 from ..training.phase import Phase, Step
-from . import register_method
 from .base import DistillsLogits
+from .registry import register_method
 
 
 @dataclass
@@ -36,7 +36,7 @@ class SSILConfig(MethodConfig):
     # false: train.lr in every step (sircil before issue 23)
     divide_lr_by_task: bool = True
 
-    def validate(self, cfg: Config) -> None:
+    def validate(self, cfg: RunConfig) -> None:
         if self.replay_batch < 1 or self.temperature <= 0:
             raise ConfigError(f"method.replay_batch must be >= 1 and method.temperature > 0, got {self.replay_batch}, {self.temperature}")
 
@@ -72,11 +72,12 @@ class SSIL(DistillsLogits):
     name = "ssil"
     Config = SSILConfig
     incremental_options = ("replay_batch", "temperature", "divide_lr_by_task")
+    options: SSILConfig
 
-    def __init__(self, cfg: Config, spec: DatasetSpec):
+    def __init__(self, cfg: RunConfig, spec: DatasetSpec):
         super().__init__(cfg, spec)
         self.tasks: list[tuple[int, int]] = []  # the class range of every step so far
-        self.new_indices: torch.Tensor | None = None
+        self.new_indices = torch.empty(0, dtype=torch.long)  # the step's new samples, set by begin_step
         self.replay_indices: torch.Tensor | None = None
 
     def expand(self, step: Step) -> None:

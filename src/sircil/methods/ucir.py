@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config, MethodConfig
@@ -29,8 +28,8 @@ from ..data.memory import balanced_subset
 from ..models.cosine import CosineClassifier, ScaledCosineNet, old_classes_frozen
 from ..training.context import HeadSpec, StepContext
 from ..training.phase import Step
-from . import register_method
 from .base import Method
+from .registry import register_method
 
 
 @dataclass
@@ -78,11 +77,17 @@ def margin_ranking_loss(cosines: torch.Tensor, y: torch.Tensor, num_old: int, k:
 class UCIR(Method):
     name = "ucir"
     Config = UCIRConfig
-    incremental_options = ("lambda_base", "margin", "hard_negatives", "ranking_weight", "cbf_epochs", "cbf_lr", "cbf_milestones")
+    # typed as the base's, not as these seven: DDE adds its own
+    incremental_options: ClassVar[tuple[str, ...]] = (
+        "lambda_base", "margin", "hard_negatives", "ranking_weight", "cbf_epochs", "cbf_lr", "cbf_milestones",
+    )
     has_nme = True
     head = HeadSpec(scale="scale", kind="cosine")
+    options: UCIRConfig
+    model: ScaledCosineNet
+    old_model: ScaledCosineNet | None
 
-    def build_model(self) -> nn.Module:
+    def build_model(self) -> ScaledCosineNet:
         backbone = self.build_backbone()
         return ScaledCosineNet(backbone, CosineClassifier(self.feature_dim))
 

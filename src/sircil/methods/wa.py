@@ -22,8 +22,8 @@ from ..config import Config, MethodConfig
 from ..config_io import ConfigError
 from ..training.context import StepContext
 from ..training.phase import Phase, Step
-from . import register_method
-from .base import DistillsLogits, classification_loss, distillation_loss
+from .base import DistillsLogits, IncrementalNet, classification_loss, distillation_loss
+from .registry import register_method
 
 
 @dataclass
@@ -52,6 +52,8 @@ class WA(DistillsLogits):
     name = "wa"
     Config = WAConfig
     incremental_options = ("temperature", "kd_weight")
+    options: WAConfig
+    model: IncrementalNet
 
     def losses(self, out: dict[str, torch.Tensor], y: torch.Tensor, step: Step) -> dict[str, torch.Tensor]:
         ce = classification_loss(out["logits"], y)

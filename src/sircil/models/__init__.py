@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch.nn as nn
-
 from ..config import Config, register_check
 from ..config_io import require
 
 from .classifiers import IncrementalLinear
-from .resnet import CifarResNet, ResNet18
+from .resnet import Backbone, CifarResNet, ResNet18
 
-BackboneFactory = Callable[..., nn.Module]
+BackboneFactory = Callable[..., Backbone]
 BACKBONES: dict[str, BackboneFactory] = {
     "resnet20": lambda in_channels, **kw: CifarResNet(20, in_channels, **kw),
     "resnet32": lambda in_channels, **kw: CifarResNet(32, in_channels, **kw),
@@ -29,7 +27,7 @@ def _resnet18_options(last_relu: bool = True, zero_init_residual: bool = False, 
     return {"last_relu": last_relu, "zero_init_residual": zero_init_residual}
 
 
-def build_backbone(name: str, in_channels: int, **options) -> nn.Module:
+def build_backbone(name: str, in_channels: int, **options) -> Backbone:
     return BACKBONES[name](in_channels, **options)
 
 
@@ -45,4 +43,4 @@ def check_backbone(cfg: Config) -> None:
             )
 
 
-__all__ = ["BACKBONES", "RESNET18_FIXED", "build_backbone", "CifarResNet", "IncrementalLinear", "ResNet18"]
+__all__ = ["BACKBONES", "RESNET18_FIXED", "build_backbone", "Backbone", "CifarResNet", "IncrementalLinear", "ResNet18"]

@@ -18,6 +18,8 @@ class CosineClassifier(nn.Module):
     -||x/|x| - w/|w|||^2 = 2 cos - 2 (PODNet's LSC); proxies merge by a softmax over the
     class's proxies (PODNet: gamma 1), i.e. sum_k softmax(gamma s_k) s_k."""
 
+    device_anchor: torch.Tensor  # a registered buffer (below)
+
     def __init__(self, in_features: int, proxies: int = 1, similarity: str = "cosine", merge_gamma: float = 1.0):
         super().__init__()
         if similarity not in ("cosine", "neg_squared_distance"):

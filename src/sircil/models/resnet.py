@@ -9,9 +9,20 @@ block's last BatchNorm at gamma 0 (PODNet). ``return_maps`` gives PODNet's four 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if TYPE_CHECKING:  # torchvision is imported where a ResNet-18 is built, not with this module
+    from torchvision.models.resnet import BasicBlock as TorchvisionBasicBlock
+
+
+class Backbone(nn.Module):
+    """A feature extractor: images -> pooled features of ``out_dim`` (``return_maps``: with each stage's output)."""
+
+    out_dim: int
 
 
 def run_stages(x: torch.Tensor, stages, return_maps: bool):
@@ -57,7 +68,7 @@ class BasicBlock(nn.Module):
         return F.relu(out) if self.relu_out else out
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(Backbone):
     def __init__(
         self,
         depth: int = 32,
@@ -107,7 +118,7 @@ class CifarResNet(nn.Module):
 class _BlockWithoutReLU(nn.Module):
     """A torchvision BasicBlock whose output skips the final ReLU (pre-ReLU features)."""
 
-    def __init__(self, block: nn.Module):
+    def __init__(self, block: TorchvisionBasicBlock):
         super().__init__()
         self.block = block
 
@@ -117,7 +128,7 @@ class _BlockWithoutReLU(nn.Module):
         return out + (b.downsample(x) if b.downsample is not None else x)
 
 
-class ResNet18(nn.Module):
+class ResNet18(Backbone):
     """torchvision's ResNet-18 (1x1 conv + BN shortcuts) with the stem the image size needs.
 
     ``stem="imagenet"``: 7x7 stride-2 convolution and max-pool (224-pixel images);

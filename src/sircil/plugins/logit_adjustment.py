@@ -39,19 +39,24 @@ class LogitAdjustment(TrainPlugin):
 
     def adjust(self, out: Outputs, y: torch.Tensor) -> Outputs:
         if self.cfg.mode == "loss":
+            assert self.offset is not None, "begin_step sets the step's offsets"
             logits = out[self.head.logits]
             out[self.head.logits] = logits + self.offset.to(logits.dtype)
         return out
 
     def adjust_inference(self, out: Outputs) -> Outputs:
         if self.cfg.mode == "post_hoc":
+            assert self.offset is not None, "begin_step or load_inference_state sets the offsets"
             logits = out["logits"]
             # classes beyond the step's (a model evaluated on fewer classes) keep their logits
             out["logits"] = torch.cat([logits[:, : self.offset.numel()] - self.offset.to(logits.dtype), logits[:, self.offset.numel():]], 1)
         return out
 
     def inference_state(self) -> dict[str, Any]:
-        return {"offset": self.offset.cpu()} if self.cfg.mode == "post_hoc" else {}
+        if self.cfg.mode != "post_hoc":
+            return {}
+        assert self.offset is not None, "begin_step sets the step's offsets"
+        return {"offset": self.offset.cpu()}
 
     def load_inference_state(self, state: dict[str, Any]) -> None:
         if "offset" in state:
@@ -61,6 +66,7 @@ class LogitAdjustment(TrainPlugin):
         """``la_offset``: each class's offset added to the logits, tau log(n_k / n_max) to the training
         logits in "loss" mode, its negative to the test logits in "post_hoc" mode."""
         sign = 1.0 if self.cfg.mode == "loss" else -1.0
+        assert self.offset is not None, "begin_step sets the step's offsets"
         return {"la_offset": (sign * self.offset).tolist()}
 
     def cache_key(self, counts: list[int]) -> Any:

@@ -107,6 +107,7 @@ class SIR:
         method's kind of classifier: on a ``cosine`` head with ``cosine_scale`` set, FC's offsets
         are in similarity units too; on a ``sigmoid`` head with ``sigmoid: weight`` they become
         sample weights (:meth:`sample_weights`) instead of offsets."""
+        assert self.offset is not None, "begin_step sets the step's offsets"
         z = logits
         if head == "cosine" and self.cfg.cosine_scale is not None:
             z = z + self.offset.to(logits.dtype) * (scale / self.cfg.cosine_scale)
@@ -123,6 +124,7 @@ class SIR:
         the network undoes on every input (docs/sir.md)."""
         if self.cfg.sigmoid != "weight":
             return None
+        assert self.offset is not None, "begin_step sets the step's offsets"
         w = torch.exp(-self.offset[y])
         return w / w.mean()
 
@@ -153,10 +155,12 @@ class SIRPlugin(TrainPlugin):
         self.head, self.log = head, ctx.log
         sir.begin_step(step.index, step.num_old, step.num_seen, ctx.step_labels, ctx.class_steps, lambda: ctx.embed_indices(ctx.indices))
         self.aux_offset = sir.cfg.fc * merged_old_margins(ctx.class_counts(), step.num_old) if head.aux and step.num_old else None
+        assert sir.counts is not None and sir.offset is not None, "SIR.begin_step sets both"
         ctx.log.info("SIR: counts %s -> training offsets %s", sir.counts.tolist()[: step.num_seen], [round(v, 3) for v in sir.offset.tolist()])
         pairs = sir.top_pairs(step.num_old)
         if not pairs or not ctx.is_main:
             return
+        assert sir.similarity is not None, "pairs come from the similarity"
         names = ctx.class_names
         ctx.log.info(
             "SIR IT: most similar old/new pairs in the old model: %s",
@@ -189,6 +193,7 @@ class SIRPlugin(TrainPlugin):
         batch's normalization; ``sir_it``, IT's lambda (0 where IT did not act); ``sir_aux_offset``
         on the method's auxiliary head."""
         sir, kind = self.sir, self.head.kind
+        assert sir.offset is not None, "begin_step sets the step's offsets"
         record: dict[str, Any] = {"sir_it": sir.cfg.it * scale if sir.it_margin is not None else 0.0}
         if kind == "sigmoid" and sir.cfg.sigmoid == "weight":
             record["sir_weight"] = torch.exp(-sir.offset).tolist()

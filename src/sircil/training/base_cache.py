@@ -14,11 +14,11 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..config import Config, milestone_epochs, non_default
 from ..distributed import Distributed
 from ..locks import claim
@@ -45,6 +45,7 @@ EXCLUDED = {
     "train.checkpoint_every": "mid-step checkpoints only",
     "train.compile": "float rounding only (tests/test_compile.py)",
     "log.tensorboard": "what is logged",
+    "log.wandb": "what is logged",
 }
 # Plug-in sections (sir, ...) are keyed by what each switched-on plug-in's ``cache_key`` returns: by
 # default its whole section, so a new plug-in never reuses a base step trained without it.
@@ -54,7 +55,7 @@ class KeyedPlugin(Protocol):
     def cache_key(self, counts: list[int]) -> Any: ...
 
 
-def base_cache_key(cfg: Config, device_type: str, counts: list[int], plugins: dict[str, KeyedPlugin], method: dict[str, Any]) -> dict[str, Any]:
+def base_cache_key(cfg: Config, device_type: str, counts: list[int], plugins: Mapping[str, KeyedPlugin], method: dict[str, Any]) -> dict[str, Any]:
     """``method``: the method's part, ``Method.base_step_key``."""
     tc = cfg.train
     schedule = step_schedule(tc, base=True)
@@ -80,7 +81,7 @@ def base_cache_key(cfg: Config, device_type: str, counts: list[int], plugins: di
     return key
 
 
-def base_cache_path(cfg: Config, device_type: str, counts: list[int], plugins: dict[str, KeyedPlugin], method: dict[str, Any]) -> Path | None:
+def base_cache_path(cfg: Config, device_type: str, counts: list[int], plugins: Mapping[str, KeyedPlugin], method: dict[str, Any]) -> Path | None:
     """Cache file of the trained base model, or None without ``cache_dir``."""
     if cfg.cache_dir is None:
         return None

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import torch
 
 from ..data.augment import Normalizer
-from ..data.datasets import ImageSplit
+from ..data.datasets import DeviceSplit
 from ..evaluate import batched, class_means, embed_images, infer, nme_predict
 from ..metrics import step_accuracies, task_accuracies
 from .context import HeadSpec
@@ -21,11 +21,17 @@ Outputs = dict[str, torch.Tensor]
 
 
 class Inference(Protocol):
-    """What evaluation needs of a method (and of the plug-ins' inference adjustments)."""
+    """What evaluation needs of a method (and of the plug-ins' inference adjustments); read-only, so a
+    method's class attributes and its own model class satisfy it."""
 
-    has_nme: bool
-    model: torch.nn.Module
-    head: HeadSpec
+    @property
+    def has_nme(self) -> bool: ...
+
+    @property
+    def model(self) -> torch.nn.Module: ...
+
+    @property
+    def head(self) -> HeadSpec: ...
 
     def eval_logits(self, x: torch.Tensor) -> Outputs: ...
 
@@ -55,8 +61,8 @@ def peak_memory_mb(device: torch.device) -> float:
 @dataclass
 class Evaluator:
     method: Inference
-    train: ImageSplit
-    test: ImageSplit
+    train: DeviceSplit  # its images are read at indices only (exemplars, a step's training set)
+    test: DeviceSplit
     normalizer: Normalizer
     batch_size: int
     channels_last: bool
@@ -70,10 +76,10 @@ class Evaluator:
 
     def class_means(self, memory: torch.Tensor, num_classes: int) -> torch.Tensor:
         """The nearest-mean-of-exemplars classifier: each class's normalized mean exemplar feature."""
-        return class_means(self.embed(self.train.images[memory], flip=self.flip), self.train.labels[memory], num_classes)
+        return class_means(self.embed(self.train.take(memory), flip=self.flip), self.train.labels[memory], num_classes)
 
     def embed_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.embed(self.train.images[indices])
+        return self.embed(self.train.take(indices))
 
     def outputs(self, images: torch.Tensor, plugins: list[Recorder]) -> Outputs:
         """Inference outputs (``logits``, ``features``) of a batch of raw images, as plug-ins leave them."""

@@ -128,6 +128,11 @@ class Fitter:
         sums = torch.zeros((), device=self.device)
         terms_sum: torch.Tensor | None = None
         correct = torch.zeros((), device=self.device, dtype=torch.long)
+        # Each batch's loss and terms stay on the device (one copy per batch), never read per batch:
+        # that would make a GPU wait for the host at every batch. They are read only when the
+        # epoch's totals, read once below anyway, are not finite, to name the first bad batch. The
+        # rest of that epoch trains in vain, but the run stops before anything of it is saved.
+        rows: torch.Tensor | None = None
         interactive = sys.stderr.isatty() and self.dist.is_main
         bar = tqdm(range(batches), desc=f"step {step.index} {phase.name} {epoch + 1}/{phase.epochs}", leave=False, disable=not interactive)
         for b in bar:
@@ -149,13 +154,43 @@ class Fitter:
             stacked = torch.stack([v.detach().float() for v in terms.values()])
             terms_sum = stacked if terms_sum is None else terms_sum + stacked
             correct = correct + (logits.detach().argmax(1) == y).sum()
+            row = torch.cat([loss.detach().view(1), stacked])
+            rows = row.new_empty((batches, row.numel())) if rows is None else rows
+            rows[b] = row
+        assert terms_sum is not None and rows is not None, "an epoch has at least one batch (global_batch checks it)"
+        # the last update can leave non-finite weights behind finite losses: never checkpoint those
+        weights_finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
         # the epoch's only host synchronization (and, across ranks, its only collective)
-        totals = self.dist.sum(torch.cat([sums.view(1), terms_sum, correct.view(1).float()])).tolist()
-        values = [v / (batches * self.dist.world) for v in totals[:-1]]
+        totals = self.dist.sum(torch.cat([sums.view(1), terms_sum, correct.view(1).float(), weights_finite.view(1).float()])).tolist()
+        values = [v / (batches * self.dist.world) for v in totals[:-2]]
+        if not all(math.isfinite(v) for v in values) or totals[-1] != self.dist.world:
+            raise self.non_finite(phase, step, epoch, list(terms), values, rows.tolist())
         images = batches * (batch + (0 if replay is None else replay.shape[1]))
         elapsed = time.perf_counter() - start
-        self.report_epoch(phase, step, epoch, list(terms), values, 100.0 * totals[-1] / images, lr, images, elapsed)
+        self.report_epoch(phase, step, epoch, list(terms), values, 100.0 * totals[-2] / images, lr, images, elapsed)
         return images, elapsed
+
+    @staticmethod
+    def non_finite(phase: Phase, step: Step, epoch: int, terms: list[str], means: list[float], rows: list[list[float]]) -> TrainingError:
+        """The error of an epoch whose loss or weights went non-finite: where (the first bad batch of
+        this process, from ``rows``: each batch's loss, then its terms), and every loss term's value."""
+        where = f"step {step.index}, phase {phase.name}, epoch {epoch + 1}/{phase.epochs}"
+        bad = [b for b, row in enumerate(rows) if not math.isfinite(row[0])]
+        if bad:
+            what = f"non-finite loss at {where}, batch {bad[0] + 1}/{len(rows)}: {_terms(terms, rows[bad[0]])}"
+        elif all(math.isfinite(v) for v in means):
+            what = f"non-finite weights after {where} (its losses stayed finite, epoch means {_terms(terms, means)})"
+        else:  # under torchrun, a batch of another process
+            what = f"non-finite loss at {where}, on another process: epoch means {_terms(terms, means)}"
+        if step.index:
+            kept = f"the checkpoint of step {step.index - 1} is kept (and the step's last mid-step one, if any)"
+        else:
+            kept = "the step's last mid-step checkpoint, if any, is kept"
+        return TrainingError(
+            f"{what}. Training stopped before saving anything of this epoch: {kept}; rerunning the same command "
+            "resumes from there. Usual causes: too high a learning rate (train.lr, train.base_lr), bf16 overflow "
+            "(train.precision=fp32), or bad data; a run with a changed config needs another --out folder or --overwrite."
+        )
 
     def batch(self, phase: Phase, idx: torch.Tensor, generator: torch.Generator, shard: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's share of a batch of training-set positions, as augmented images and labels;
@@ -172,13 +207,7 @@ class Fitter:
 
     def report_epoch(self, phase: Phase, step: Step, epoch: int, terms: list[str], values: list[float], accuracy: float, lr: float,
                      images: int, elapsed: float) -> None:
-        """``values``: the mean total loss, then each term's. A non-finite one stops the run."""
-        if not all(math.isfinite(v) for v in values):
-            raise TrainingError(
-                f"non-finite loss at step {step.index}, phase {phase.name}, epoch {epoch + 1}: "
-                f"{dict(zip(['total', *terms], values))}; the checkpoint of step {step.index - 1} is kept. "
-                "Lower train.lr or check the data."
-            )
+        """``values``: the mean total loss, then each term's."""
         if self.on_epoch is not None and self.dist.is_main:
             self.on_epoch({
                 "step": step.index, "phase": phase.name, "epoch": epoch + 1, "epochs": phase.epochs, "loss": values[0],
@@ -228,7 +257,7 @@ class Fitter:
         compiled = torch.compile(eager, mode=None if self.compile_mode == "default" else self.compile_mode, dynamic=False)
         if not self.compile_fallback:
             return compiled
-        state = {"runner": compiled, "tried": False}
+        state: dict[str, Any] = {"runner": compiled, "tried": False}
 
         def run(x: torch.Tensor, y: torch.Tensor):
             if state["tried"]:
@@ -242,3 +271,8 @@ class Fitter:
                 return eager(x, y)
 
         return run
+
+
+def _terms(names: list[str], values: list[float]) -> str:
+    """``values``: the total loss, then each named term's."""
+    return ", ".join(f"{name} {value:.4g}" for name, value in zip(["loss", *names], values))
