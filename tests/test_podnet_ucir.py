@@ -143,14 +143,16 @@ def test_end_to_end_beats_chance_every_step(fashion_root, tmp_path, base_cache, 
     from test_end_to_end import assert_beats_chance, assert_learns
 
     options = {"name": method, **({"finetune_epochs": 4} if method == "podnet" else {})}
-    model = {"last_relu": False, "block_relu": method != "podnet", "zero_init_residual": method == "podnet"}
-    raw = fashion_config(method=options, model=model, data={"order_seed": None}, train={"lr": 0.1, "epochs": 5, "base_epochs": 10})
+    model = {"backbone": "resnet20", "last_relu": False, "block_relu": method != "podnet", "zero_init_residual": method == "podnet"}
+    data = {"order_seed": None, "train_per_class": 100, "test_per_class": 50}
+    raw = fashion_config(method=options, model=model, data=data, train={"lr": 0.1, "epochs": 5, "base_epochs": 10})
     if sir:
         raw["sir"] = sir
     raw["cache_dir"] = str(base_cache)
     metrics = run_experiment(make_config(raw), tmp_path / "run")
-    # CNN accuracy of PODNet's last steps sits at 22-26% on this tiny run against a bound of 25:
-    # only the base step's is bounded; the nearest-mean classifier keeps margins of 25+ points
+    # CNN accuracy of PODNet's last steps can sit at the bound of 25 (22-26% on ResNet-32 with 200
+    # images per class; 40-50% here): only the base step's is bounded; the nearest-mean
+    # classifier keeps margins of 24+ points
     assert_beats_chance(metrics, steps=1)
     assert_learns(metrics, (tmp_path / "run" / "log.txt").read_text())
     assert_beats_chance(metrics, "accuracy_nme")
