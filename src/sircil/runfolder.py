@@ -146,6 +146,7 @@ class RunFolder:
 
     config_file = property(lambda self: self.path / "config.yaml")
     metrics_file = property(lambda self: self.path / "metrics.json")
+    epochs_file = property(lambda self: self.path / "metrics.jsonl")
     checkpoint_dir = property(lambda self: self.path / "checkpoints")
 
     def checkpoint_path(self, step: int) -> Path:
@@ -256,7 +257,7 @@ class RunFolder:
         """One line of metrics.jsonl per epoch (a resumed run repeats the epochs it redoes: the last
         line of a (step, phase, epoch) counts). A line cut short (a full disk) is taken back, so
         that the next one does not continue it."""
-        path = self.path / "metrics.jsonl"
+        path = self.epochs_file
         with reporting_disk_full(path):
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)

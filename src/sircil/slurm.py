@@ -250,7 +250,7 @@ def add_arguments(sweep: argparse.ArgumentParser) -> None:
         "--per-device) in the sweep folder and is requeued at its time limit to resume from its checkpoints",
     )
     group.add_argument("--slurm-partition", metavar="NAME", help="partition (default: the cluster's); other sbatch options through SBATCH_* variables, e.g. SBATCH_ACCOUNT")
-    group.add_argument("--slurm-time", type=int, default=240, metavar="MINUTES", help="time limit of each task (default %(default)s)")
+    group.add_argument("--slurm-time", type=int, default=SlurmOptions.time_min, metavar="MINUTES", help="time limit of each task (default %(default)s)")
     group.add_argument(
         "--slurm-gpus", type=int, metavar="N",
         help="GPUs per task (default: as many as --devices names; else 0 when every run pins train.device=cpu, else 1)",
@@ -261,7 +261,7 @@ def add_arguments(sweep: argparse.ArgumentParser) -> None:
     group.add_argument("--slurm-parallel", type=int, metavar="N", help="array tasks running at once (default: all)")
     group.add_argument("--slurm-folder", metavar="DIR", help="submitit's folder: task logs, pickles, results (default <sweep folder>/slurm)")
     group.add_argument(
-        "--slurm-requeues", type=int, default=10, metavar="N",
+        "--slurm-requeues", type=int, default=SlurmOptions.requeues, metavar="N",
         help="times a task cut by its time limit is requeued to resume (default %(default)s); 0: never, rerun the command to resume",
     )
 

@@ -105,7 +105,7 @@ class WandbLog:
         if sent >= len(steps):
             return
         run = self.open()
-        epochs = final_epochs(self.folder.path / "metrics.jsonl")
+        epochs = final_epochs(self.folder.epochs_file)
         index = sum(len(epochs.get(t, [])) for t in range(sent))
         for record in steps[sent:]:
             for epoch in epochs.get(record["step"], []):
