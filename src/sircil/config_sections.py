@@ -118,7 +118,7 @@ class TrainConfig:
     # "auto": reduce-overhead on one CUDA device, off elsewhere (CPU: compiling gains little; DDP: opt-in).
     compile: str = "auto"
 
-    SCHEDULERS: ClassVar[tuple[str, ...]] = ("cosine", "step", "constant")
+    SCHEDULERS: ClassVar[tuple[str, ...]] = ("cosine", "cosine_lagged", "step", "constant")
     DEVICES: ClassVar[tuple[str, ...]] = ("auto", "cpu", "cuda", "mps")
     COMPILE_MODES: ClassVar[tuple[str, ...]] = ("auto", "off", "default", "reduce-overhead")
 

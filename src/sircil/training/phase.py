@@ -99,7 +99,9 @@ class Phase:
         if epoch < self.warmup_epochs:
             return self.lr * (epoch + 1) / self.warmup_epochs
         epoch, epochs = epoch - self.warmup_epochs, self.epochs - self.warmup_epochs
-        if self.scheduler == "cosine":
+        if self.scheduler == "cosine_lagged":  # PODNet calls scheduler.step(epoch) after each epoch
+            epoch = max(epoch - 1, 0)
+        if self.scheduler in ("cosine", "cosine_lagged"):
             return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
         if self.scheduler == "step":
             return self.lr * self.lr_decay ** sum(epoch >= m for m in milestone_epochs(self.milestones, epochs))
