@@ -10,7 +10,7 @@ import yaml
 from sircil.cli import main
 from sircil.config_io import ConfigError
 from sircil.report import method_label, write_report
-from sircil.sweep import grid, load_sweep, parse_shard, run_sweep, shard
+from sircil.sweep import describe, grid, load_sweep, parse_shard, run_sweep, shard
 
 from conftest import FASHION_ROOT
 
@@ -221,7 +221,7 @@ def test_report_gives_the_paired_sir_difference_with_its_interval(tmp_path):
 def test_run_states_survive_the_workers_json_reports():
     import json
 
-    from sircil.sweep import RunState, describe
+    from sircil.sweep import RunState
 
     for state in RunState:
         assert RunState(json.loads(json.dumps({"status": state}))["status"]) is state
@@ -303,7 +303,7 @@ def test_compare_puts_runs_side_by_side_step_by_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failing_run_is_recorded_and_the_rest_of_the_grid_still_runs(fashion_root, tmp_path, monkeypatch):
+def test_a_failing_run_is_recorded_and_the_rest_of_the_grid_still_runs(fashion_root, tmp_path, monkeypatch, capsys):
     """One bad run must not stop a grid (a GPU lease once lost half its grid to one device bug)."""
     from sircil import trainer
 
@@ -319,3 +319,12 @@ def test_a_failing_run_is_recorded_and_the_rest_of_the_grid_still_runs(fashion_r
     failed = [s for s in statuses if s["status"] == "failed"]
     assert len(failed) == 4 and all(s["error"] == "RuntimeError: simulated device bug" for s in failed)
     assert {s["status"] for s in statuses if s not in failed} == {"ran"}
+    # one line a failed run; its traceback in its folder, gone once a rerun succeeds
+    assert "Traceback" not in capsys.readouterr().err
+    first = failed[0]
+    error_file = tmp_path / "out" / "runs" / first["run"] / "error.txt"
+    assert first["traceback"] == str(error_file) and "simulated device bug" in error_file.read_text()
+    assert describe(first).endswith(f"failed: RuntimeError: simulated device bug (traceback in {error_file})")
+    monkeypatch.setattr(trainer, "run_experiment", real)
+    reran = {s["run"]: s["status"] for s in run_sweep(write_sweep(tmp_path, overrides=IN_PROCESS), tmp_path / "out")}
+    assert reran[first["run"]] in ("ran", "resumed") and not error_file.exists()

@@ -60,7 +60,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(describe(status), file=sys.stderr)
         failed = [s for s in statuses if s["status"] == "failed"]
         if failed:
-            print(f"{len(failed)} of {len(statuses)} runs failed (tracebacks above); rerun the same command after fixing them", file=sys.stderr)
+            print(f"{len(failed)} of {len(statuses)} runs failed (each traceback in the run folder's error.txt, or above); rerun the same command after fixing them", file=sys.stderr)
         return 1 if failed else 0
     workers = args.per_device * len(devices)
     where = "the CPU" if devices == ["cpu"] else "GPU " + ",".join(devices)

@@ -24,7 +24,7 @@ from typing import Any
 from .config import Config, load_config
 from .config_io import ConfigError, read_yaml_mapping
 from .locks import RunInProgress
-from .runfolder import RunFolder, RunFolderError, atomic_write_json
+from .runfolder import RunFolder, RunFolderError, atomic_write_json, atomic_write_text
 
 
 class RunState(str, enum.Enum):
@@ -48,7 +48,8 @@ class RunState(str, enum.Enum):
 
 def describe(entry: dict[str, Any]) -> str:
     """A status entry as one line: run, state, and the error of a failed run."""
-    return f"{entry['run']}: {entry['status']}" + (f": {entry['error']}" if "error" in entry else "")
+    line = f"{entry['run']}: {entry['status']}" + (f": {entry['error']}" if "error" in entry else "")
+    return line + (f" (traceback in {entry['traceback']})" if "traceback" in entry else "")
 
 
 @dataclass
@@ -98,6 +99,7 @@ class SweepRun:
             raise ConfigError(f"sweep run {self.name} ({self.config_file}): {exc}") from None
 
 
+ERROR_FILE = "error.txt"  # in a failed run's folder: the traceback of its failure
 _KEYS = {f.name for f in dataclasses.fields(SweepSpec)} - {"path"}
 
 
@@ -232,10 +234,21 @@ def run_sweep(
 
 
 def run_or_record_failure(run: SweepRun, cfg: Config, folder: RunFolder, overwrite: bool) -> dict[str, Any]:
-    """``_run_one``, with a run that fails recorded as failed (its traceback on stderr) so that the
-    rest of the grid still runs."""
+    """``_run_one``, with a run that fails recorded as failed so that the rest of the grid still runs.
+    The grid's output stays one line a run: the traceback goes to ``<run>/error.txt`` (to stderr
+    where even that cannot be written, e.g. on a full disk), removed again once the run succeeds."""
+    error_file = folder.path / ERROR_FILE
     try:
-        return _run_one(run, cfg, folder, overwrite)
+        status = _run_one(run, cfg, folder, overwrite)
     except Exception as exc:
-        traceback.print_exc()
-        return {"run": run.name, "status": RunState.FAILED, "error": f"{type(exc).__name__}: {exc}"}
+        entry = {"run": run.name, "status": RunState.FAILED, "error": f"{type(exc).__name__}: {exc}"}
+        try:
+            folder.path.mkdir(parents=True, exist_ok=True)  # a folder holding only error.txt is resumed as new
+            atomic_write_text(error_file, traceback.format_exc())
+        except OSError:
+            traceback.print_exc()
+            return entry
+        return {**entry, "traceback": str(error_file)}
+    if status["status"] in (RunState.RAN, RunState.RESUMED):
+        error_file.unlink(missing_ok=True)
+    return status
