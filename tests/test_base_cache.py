@@ -103,3 +103,35 @@ def test_incremental_options_leave_the_base_step_untouched(fashion_root, tmp_pat
 @pytest.mark.slow
 def test_dde_trains_the_base_step_of_ucir(fashion_root, tmp_path):
     assert same_state(trained_base(tiny({"name": "dde"}, tmp_path / "dde")), trained_base(tiny({"name": "ucir"}, tmp_path / "ucir")))
+
+
+def test_a_cache_write_cut_short_leaves_no_temporary_behind(tmp_path):
+    """A SIGKILL during the cache's atomic write leaves ``.base-....pt.<random>.tmp``; the next run
+    claiming that entry removes it (and only its own entry's), then trains and stores the base step."""
+    import logging
+
+    from sircil.distributed import Distributed
+    from sircil.training.base_cache import cached_base_step
+
+    cache = tmp_path / "base-finetune-0123.pt"
+    torn = tmp_path / f".{cache.name}.k3j2.tmp"
+    other = tmp_path / ".base-finetune-4567.pt.x9.tmp"  # another entry's write, maybe in progress
+    torn.write_bytes(b"half a checkpoint")
+    other.write_bytes(b"being written")
+
+    class Method:
+        state = {"w": torch.ones(2)}
+
+        def state_dict(self):
+            return self.state
+
+        def load_state_dict(self, state):
+            self.state = state
+
+    seen, cached = cached_base_step(cache, Method(), lambda: (10, 1.0), Distributed(), logging.getLogger("test"))
+    assert (seen, cached) == ((10, 1.0), False) and cache.is_file()
+    assert not torn.exists() and other.exists()
+    method = Method()
+    method.state = {}
+    assert cached_base_step(cache, method, lambda: (10, 1.0), Distributed(), logging.getLogger("test"))[1]
+    assert torch.equal(method.state["w"], torch.ones(2))
