@@ -196,6 +196,35 @@ def test_claim_serializes_processes_and_takes_over_a_dead_holder(tmp_path):
     assert not (tmp_path / "base.pt.lock").exists()
 
 
+def test_a_lock_from_another_host_is_taken_over_once_its_heartbeat_stops(tmp_path, monkeypatch):
+    """A node lost without unwinding leaves its run.lock on the shared folder; its pid means nothing
+    here, so the holder's heartbeat (the lock's mtime) decides."""
+    import os
+    import time
+
+    from sircil import locks
+    from sircil.locks import RunInProgress, exclusive
+
+    monkeypatch.setattr(locks, "STALE_SECONDS", 30.0)
+    lock = tmp_path / "run.lock"
+    lock.write_text("node-elsewhere 4242")
+    with pytest.raises(RunInProgress, match="node-elsewhere 4242"):  # beating recently: alive
+        with exclusive(tmp_path / "run"):
+            pass
+    os.utime(lock, (time.time() - 31, time.time() - 31))
+    with exclusive(tmp_path / "run"):
+        assert lock.read_text().split()[1] == str(os.getpid())
+    assert not lock.exists()
+
+    monkeypatch.setattr(locks, "HEARTBEAT_SECONDS", 0.02)  # the holder keeps its own lock fresh
+    with exclusive(tmp_path / "run"):
+        os.utime(lock, (time.time() - 100, time.time() - 100))
+        deadline = time.time() + 10
+        while time.time() - lock.stat().st_mtime > 50 and time.time() < deadline:
+            time.sleep(0.02)
+        assert time.time() - lock.stat().st_mtime < 50
+
+
 def test_method_families_pair_each_method_with_its_sir_version():
     from sircil.report import family
 

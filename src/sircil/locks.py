@@ -1,5 +1,7 @@
 """Exclusive use of a file among processes, through a lock file beside it that names its holder
-(host and process id), so that a lock left by a dead process on this host is taken over."""
+(host and process id), so that a lock left by a dead process is taken over: on this host when
+that process is gone, from another host (a shared folder on a cluster) when the holder's
+heartbeat, the lock file's modification time, has stopped for ``STALE_SECONDS``."""
 
 from __future__ import annotations
 
@@ -7,11 +9,19 @@ import contextlib
 import logging
 import os
 import platform
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 from .runfolder import RunFolderError, reporting_disk_full, write_all
+
+
+# The holder touches its lock every HEARTBEAT_SECONDS; a lock from another host untouched for
+# STALE_SECONDS is a dead holder's (a node lost without unwinding). The margin covers a shared
+# file system's attribute caching and clock skew between nodes.
+HEARTBEAT_SECONDS = 60.0
+STALE_SECONDS = 600.0
 
 
 class RunInProgress(RunFolderError):
@@ -20,7 +30,7 @@ class RunInProgress(RunFolderError):
 
 def exclusive(path: Path) -> contextlib.AbstractContextManager[None]:
     """Exclusive use of ``path`` or an immediate :class:`RunInProgress`; a lock left by a dead
-    process on this host is taken over."""
+    process is taken over."""
 
     def refuse(lock: Path) -> None:
         holder = lock.read_text().strip() if lock.exists() else "?"
@@ -32,7 +42,7 @@ def exclusive(path: Path) -> contextlib.AbstractContextManager[None]:
 def claim(path: Path, log: logging.Logger | None = None, poll_seconds: float = 5.0) -> contextlib.AbstractContextManager[None]:
     """Exclusive use of ``path`` among processes sharing its folder (e.g. runs of a sweep that
     would train the same cached base step): the others wait until the holder is done. The
-    lock file names its holder; one left by a dead process on this host is taken over."""
+    lock file names its holder; one left by a dead process is taken over."""
     waited = False
 
     def wait(lock: Path) -> None:
@@ -68,10 +78,21 @@ def _held(path: Path, busy: Callable[[Path], None]) -> Iterator[None]:
         raise
     finally:
         os.close(fd)
+    stop = threading.Event()
+    heartbeat = threading.Thread(target=_beat, args=(lock, stop), name=f"heartbeat {lock.name}", daemon=True)
+    heartbeat.start()
     try:
         yield
     finally:
+        stop.set()
+        heartbeat.join()
         lock.unlink(missing_ok=True)
+
+
+def _beat(lock: Path, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_SECONDS):
+        with contextlib.suppress(OSError):  # a vanished lock or a full disk: the holder's own exit handles it
+            os.utime(lock)
 
 
 def _holder_is_dead(lock: Path) -> bool:
@@ -80,7 +101,10 @@ def _holder_is_dead(lock: Path) -> bool:
     except (OSError, ValueError):
         return False  # being written right now, or vanished: look again
     if host != platform.node():
-        return False
+        try:
+            return time.time() - lock.stat().st_mtime > STALE_SECONDS
+        except OSError:
+            return False
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
