@@ -70,14 +70,11 @@ class RunParts:
     def normalizer(self) -> Normalizer:
         """As the run trained with it: computed on the device, from the training images where the
         config measures them (a copy moved for the measurement alone when they are not there)."""
+        given = Normalizer.given(self.cfg.data, self.spec, self.device)
+        if given is not None:
+            return given
         train = self.train
-        if train.moved:
-            images = train.images
-        elif Normalizer.measured(self.cfg.data, self.spec):
-            images = train.host.images.to(self.device)
-        else:
-            images = train.host.images[:0].to(self.device)  # from_config reads only their device
-        return Normalizer.from_config(self.cfg.data, self.spec, images)
+        return Normalizer.from_config(self.cfg.data, self.spec, train.images if train.moved else train.host.images.to(self.device))
 
     @cached_property
     def augment(self) -> BatchAugment:

@@ -46,26 +46,35 @@ class Normalizer:
 
     @classmethod
     def from_config(cls, cfg: DataConfig, spec: DatasetSpec, train_images: torch.Tensor) -> "Normalizer":
+        """Computed on ``train_images``' device, from their values where :meth:`given` is None."""
+        given = cls.given(cfg, spec, train_images.device)
+        if given is not None:
+            return given
         device = train_images.device
         if cfg.normalize == "pixel_mean":
             shift = train_images.float().mean(0, keepdim=True) / 255.0
-            scale = torch.ones(1, spec.channels, 1, 1, device=device)
-            fill = torch.zeros(1, spec.channels, 1, 1, device=device)
-        else:
-            mean, std = cfg.mean or spec.mean, cfg.std or spec.std
-            if mean is None or std is None:
-                measured_mean, measured_std = channel_stats(train_images)
-            shift = torch.tensor(mean, device=device) if mean is not None else measured_mean
-            scale = torch.tensor(std, device=device) if std is not None else measured_std
-            shift, scale = shift.view(1, -1, 1, 1).float(), scale.view(1, -1, 1, 1).float()
-            fill = -shift / scale
-        return cls(shift, scale, fill, cfg.crop_size)
+            ones = torch.ones(1, spec.channels, 1, 1, device=device)
+            return cls(shift, ones, torch.zeros_like(ones), cfg.crop_size)
+        mean, std = channel_stats(train_images)
+        if (cfg.mean or spec.mean) is not None:
+            mean = torch.tensor(cfg.mean or spec.mean, device=device)
+        if (cfg.std or spec.std) is not None:
+            std = torch.tensor(cfg.std or spec.std, device=device)
+        return cls.per_channel(mean, std, cfg.crop_size)
 
-    @staticmethod
-    def measured(cfg: DataConfig, spec: DatasetSpec) -> bool:
-        """Whether :meth:`from_config` reads the training images' values (a per-pixel mean, or a
-        mean or std that neither the config nor the dataset gives); otherwise only their device."""
-        return cfg.normalize == "pixel_mean" or (cfg.mean or spec.mean) is None or (cfg.std or spec.std) is None
+    @classmethod
+    def given(cls, cfg: DataConfig, spec: DatasetSpec, device: torch.device | str) -> "Normalizer | None":
+        """The normalizer when the config or the dataset gives both mean and std (no image is
+        read); None when it is measured on the training images (per-pixel mean, or missing stats)."""
+        mean, std = cfg.mean or spec.mean, cfg.std or spec.std
+        if cfg.normalize == "pixel_mean" or mean is None or std is None:
+            return None
+        return cls.per_channel(torch.tensor(mean, device=device), torch.tensor(std, device=device), cfg.crop_size)
+
+    @classmethod
+    def per_channel(cls, mean: torch.Tensor, std: torch.Tensor, eval_crop: int | None) -> "Normalizer":
+        shift, scale = mean.view(1, -1, 1, 1).float(), std.view(1, -1, 1, 1).float()
+        return cls(shift, scale, -shift / scale, eval_crop)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() / 255.0 - self.shift) / self.scale
