@@ -5,7 +5,8 @@
 # PODNet and SIR_P first, until GRID_DEADLINE; it resumes where a lease stopped (copy the archived
 # runs back to runs/fashion_mnist_b5). Then the paper's B50 5-step PODNet recipe timed end to end
 # on CIFAR-100-shaped generated images and SIR_P from its cached base step, until DEADLINE; then,
-# with what is left, K = 2 and K = 4 packed full-size benches.
+# with what is left, one compiled bench that names where its host synchronizations come from
+# (sync_sites.json), then K = 2 and K = 4 packed full-size benches.
 #   bash benchmarks/gpu_lease.sh <results folder>        (carry .data/fashion-mnist: the IDX files)
 # Writes into the results folder: gpu.txt, lease.log, b5_runs.tgz and b50_runs.tgz (config,
 # metrics, metrics.jsonl, provenance and log of every run, finished or not: they resume from
@@ -47,6 +48,12 @@ for recipe in podnet sir_p; do
     --out runs/lease_b50/$recipe
 done
 tar czf "$RESULTS/b50_runs.tgz" --exclude='*.pt' --exclude='*.png' --exclude=base_cache --exclude=checkpoints runs/lease_b50 2>/dev/null
+
+if [ "$DEVICE" = cuda ] && [ "$(left)" -gt 60 ]; then
+  echo "== where compiled runs synchronize ($(left) s left): sircil_host_sync_sites in sync_sites.json"
+  timeout $(( $(left) - 10 )) $PY -m sircil bench --set train.device=cuda --set train.compile=reduce-overhead --epochs 3 \
+    --data-dir "$DATA_DIR" --out "$RESULTS/sync_sites.json" > /dev/null 2>&1
+fi
 
 for k in 2 4; do
   [ "$DEVICE" = cuda ] && [ "$(left)" -gt 100 ] || break

@@ -45,3 +45,23 @@ def test_bench_reports_three_throughputs_and_consistent_ratios(tmp_path, capsys)
 def test_bench_rejects_a_training_set_without_every_class(tmp_path, capsys):
     assert main(["bench", "--train-images", "50", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x.json")]) == 2
     assert "--train-images must be at least 100" in capsys.readouterr().err
+
+
+def test_host_sync_sites_name_the_lines_that_synchronized():
+    """What the next GPU lease's bench reports, so its JSON says where compiled runs synchronize."""
+    import warnings
+
+    from sircil.bench import host_sync_sites
+
+    def caught(message, filename, lineno):
+        return warnings.WarningMessage(UserWarning(message), UserWarning, filename, lineno)
+
+    sync = "called a synchronizing CUDA operation"
+    records = [
+        caught(sync, "/usr/lib/python3/site-packages/torch/_inductor/runtime/benchmarking.py", 77),
+        caught(sync, "/usr/lib/python3/site-packages/torch/_inductor/runtime/benchmarking.py", 77),
+        caught(sync, "/work/main/src/sircil/training/loop.py", 210),
+        caught("an unrelated warning", "/work/main/src/sircil/bench.py", 5),
+    ]
+    assert host_sync_sites(records) == {"torch/_inductor/runtime/benchmarking.py:77": 2, "sircil/training/loop.py:210": 1}
+    assert list(host_sync_sites(records)) == ["torch/_inductor/runtime/benchmarking.py:77", "sircil/training/loop.py:210"]

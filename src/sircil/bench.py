@@ -27,6 +27,7 @@ to JSON (default ``benchmarks/results/throughput_<device type>.json``).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -187,6 +188,20 @@ def count_host_syncs(device: torch.device) -> Iterator[list | None]:
         torch.cuda.set_sync_debug_mode("default")
 
 
+def host_sync_sites(caught: list[warnings.WarningMessage]) -> dict[str, int]:
+    """Where the synchronizing calls were made: ``file:line`` of each warning's source (below
+    site-packages or the repository), with its count, most frequent first. Compilation's own
+    reads show as torch/_dynamo or torch/_inductor lines, a training step's as sircil's."""
+    sites: collections.Counter[str] = collections.Counter()
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            path = Path(w.filename).as_posix()
+            for root in ("site-packages/", "/src/"):
+                path = path.split(root, 1)[-1]
+            sites[f"{path}:{w.lineno}"] += 1
+    return dict(sites.most_common())
+
+
 def fixed_batch(trainer: Trainer) -> BatchSource:
     """The limit: one batch, augmented and normalized once, already on the device in the
     model's memory format, handed out again and again."""
@@ -255,6 +270,7 @@ def run_bench(options: BenchOptions) -> tuple[dict[str, Any], Path]:
         # CUDA only: host synchronizations torch reported during sircil's epochs (compilation and
         # fit's one read of the epoch's sums included); None where the device has no such check
         "sircil_host_syncs": None if syncs is None else sum("synchroniz" in str(w.message) for w in syncs),
+        "sircil_host_sync_sites": None if syncs is None else host_sync_sites(syncs),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),
