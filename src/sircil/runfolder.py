@@ -85,6 +85,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             raise
 
 
+def remove_temporaries(folder: Path, name: str = "*") -> None:
+    """The temporary files ``atomic_write_bytes`` left in ``folder`` (of the file ``name``, or of
+    every file) when a kill cut its write short. The caller holds the lock that makes it the
+    only writer there, so none of them is being written now."""
+    for tmp in folder.glob(f".{name}.*{TEMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
@@ -189,11 +197,10 @@ class RunFolder:
         atomic_write_text(self.config_file, config_yaml)
 
     def remove_temporaries(self) -> None:
-        """Temporary files of writes cut short by a kill (a failed write removes its own). Only
-        the process holding the run folder's lock writes there, so none is being written now."""
+        """Temporary files of writes cut short by a kill (a failed write removes its own); the
+        run folder's lock is held."""
         for folder in (self.path, self.checkpoint_dir):
-            for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
-                tmp.unlink(missing_ok=True)
+            remove_temporaries(folder)
 
     def save_checkpoint(self, step: int, state: dict[str, Any]) -> None:
         atomic_torch_save(self.checkpoint_path(step), {"format": CHECKPOINT_FORMAT, "sircil_version": __version__, **state})

@@ -22,7 +22,7 @@ from ..version import __version__
 from ..config import Config, milestone_epochs, non_default
 from ..distributed import Distributed
 from ..locks import claim
-from ..runfolder import TEMP_SUFFIX, atomic_torch_save
+from ..runfolder import atomic_torch_save, remove_temporaries
 from .phase import step_schedule
 
 # Sections keyed whole (their non-default fields): the base step's data, network and method.
@@ -90,13 +90,6 @@ def base_cache_path(cfg: Config, device_type: str, counts: list[int], plugins: M
     return Path(cfg.cache_dir) / f"base-{key['method']['name']}-{digest}.pt"
 
 
-def remove_temporaries(cache: Path) -> None:
-    """Temporary files of a write of ``cache`` cut short by a kill. Only the holder of the entry's
-    claim writes it, so none is being written while it is held."""
-    for tmp in cache.parent.glob(f".{cache.name}.*{TEMP_SUFFIX}"):
-        tmp.unlink(missing_ok=True)
-
-
 class StatefulMethod(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
@@ -113,7 +106,7 @@ def cached_base_step(
             if cache is None:
                 return None
             held.enter_context(claim(cache, log))
-            remove_temporaries(cache)
+            remove_temporaries(cache.parent, cache.name)  # only this entry's: others may be being written
             return torch.load(cache, map_location="cpu", weights_only=False) if cache.is_file() else None
 
         cached = dist.from_main(lookup)
