@@ -32,18 +32,11 @@ GRID_SET=(--set "data.root=$FASHION" --set "train.device=$DEVICE" --set train.co
 for extra in ${SIRCIL_LEASE_SET:-}; do GRID_SET+=(--set "$extra"); done
 echo "== B5 + 5x1 Fashion-MNIST grid ($((GRID_DEADLINE - (SECONDS - START))) s)"
 DEVICES=$([ "$DEVICE" = cuda ] && echo 0 || echo cpu)
-# What the CPU has not measured (benchmarks/results/fashion_mnist_b5/: every method but DER, SIR_D,
-# WA, BiC and SS-IL at m = 1; PODNet and SIR_P at m = 5 and 20): those five at m = 1, then the
-# rest at m = 20 and 5. Two sweep files over one folder, written here with absolute config paths.
+# What the CPU has not measured (the runs not in benchmarks/results/fashion_mnist_b5/), m = 1
+# first, then m = 20 (the paper's drop from 20 to 1), then the rest: one sweep file per memory size.
 B5_PARTS=$(mktemp -d)
-b5_part() {  # b5_part NAME "MEMORY" METHOD...
-  local file="$B5_PARTS/$1.yaml"; shift; local memory=$1; shift
-  { echo "methods:"; for m in "$@"; do echo "  $m: $PWD/configs/fashion_mnist/$(echo "$m" | tr 'A-Z+-' 'a-z__')_b5_5steps.yaml"; done
-    echo "memory_per_class: [$memory]"; echo "seeds: [1993, 1994, 1995]"; } > "$file"
-  echo "$file"
-}
-for part in "$(b5_part m1 1 DER SIR_D WA BiC SSIL)" \
-            "$(b5_part m20_5 '20, 5' DER SIR_D UCIR UCIR+SIR iCaRL iCaRL+SIR Finetune Finetune+SIR Finetune+LA DDE WA BiC SSIL)"; do
+for part in $($PY benchmarks/sweep_missing.py configs/sweeps/fashion_mnist_b5.yaml \
+                benchmarks/results/fashion_mnist_b5 "$B5_PARTS" --first-memory 1 20); do
   budget=$((GRID_DEADLINE - (SECONDS - START)))
   [ "$budget" -gt 20 ] || break
   timeout --signal=INT --kill-after=30 "$budget" $PY -m sircil sweep "$part" \
