@@ -32,11 +32,11 @@ GRID_SET=(--set "data.root=$FASHION" --set "train.device=$DEVICE" --set train.co
 for extra in ${SIRCIL_LEASE_SET:-}; do GRID_SET+=(--set "$extra"); done
 echo "== B5 + 5x1 Fashion-MNIST grid ($((GRID_DEADLINE - (SECONDS - START))) s)"
 DEVICES=$([ "$DEVICE" = cuda ] && echo 0 || echo cpu)
-# What the CPU has not measured (the runs not in benchmarks/results/fashion_mnist_b5/), m = 1
-# first, then m = 20 (the paper's drop from 20 to 1), then the rest: one sweep file per memory size.
+# What the CPU has not measured (the runs not in benchmarks/results/fashion_mnist_b5/), m = 20
+# first (the paper's drop from 20 to 1), then m = 1, then the rest: one sweep file per memory size.
 B5_PARTS=$(mktemp -d)
 for part in $($PY benchmarks/sweep_missing.py configs/sweeps/fashion_mnist_b5.yaml \
-                benchmarks/results/fashion_mnist_b5 "$B5_PARTS" --first-memory 1 20); do
+                benchmarks/results/fashion_mnist_b5 "$B5_PARTS" --first-memory 20 1); do
   budget=$((GRID_DEADLINE - (SECONDS - START)))
   [ "$budget" -gt 20 ] || break
   timeout --signal=INT --kill-after=30 "$budget" $PY -m sircil sweep "$part" \
