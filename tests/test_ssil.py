@@ -98,3 +98,19 @@ def test_ssil_end_to_end(fashion_root, tmp_path):
     assert all(len(v) == 3 for v in losses.values())
     # step 1: the 120 new images in 3 batches of 32, each with 8 exemplars of the 6 old classes
     assert metrics["per_step"][1]["train_images"] == 120 + 30
+
+
+def test_a_lone_new_class_gets_no_gradient_and_the_run_says_so(fashion_root, tmp_path):
+    """With one new class the separated softmax over the new classes is one logit: its cross-entropy
+    is 0 whatever the logits, so SS-IL cannot learn that class (the official code alike); a run warns."""
+    logits = torch.randn(4, 7, requires_grad=True)
+    loss = separated_softmax_loss(logits, torch.full((4,), 6), num_old=6)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(logits.grad) == 0
+
+    raw = fashion_config(method={"name": "ssil", "replay_batch": 4}, data={"train_per_class": 16, "test_per_class": 8},
+                         scenario={"base_classes": 8, "steps": 2}, memory={"per_class": 2}, model={"backbone": "resnet20"},
+                         train={"epochs": 1, "batch_size": 16})
+    run_experiment(make_config(raw), tmp_path / "run")
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert log.count("SS-IL on a step of one new class") == 2  # steps 1 and 2, not the base step

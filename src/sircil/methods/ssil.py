@@ -89,6 +89,10 @@ class SSIL(DistillsLogits):
         step = ctx.step
         self.new_indices = ctx.indices[ctx.step_labels >= step.start]
         self.replay_indices = ctx.indices[ctx.step_labels < step.start]
+        if step.num_old > 0 and step.num_new == 1:
+            ctx.log.warning("SS-IL on a step of one new class: its separated softmax over the new classes is one logit, "
+                            "whose cross-entropy is 0, so this class is not learned (as in the official code); "
+                            "use steps of two classes or more to compare SS-IL")
 
     def main_phase(self, phase: Phase, step: Step) -> Phase:
         """New samples in batches of train.batch_size, each with ``replay_batch`` exemplars (none in the
