@@ -12,29 +12,22 @@ paths, no overrides: the caller sets its device's). Prints the files, the memory
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import yaml
 
-from sircil.sweep import grid, load_sweep
-
-
-def finished(run_folder: Path) -> bool:
-    try:
-        return bool(json.loads((run_folder / "metrics.json").read_text()).get("finished"))
-    except (OSError, ValueError):
-        return False
+from sircil.runfolder import RunFolder
+from sircil.sweep import SweepSpec, grid, load_sweep
 
 
 Cell = tuple[int | None, int | None]  # (steps, memory per class) of the grid
 
 
-def missing_parts(sweep_file: Path, archive: Path, first_memory: list[int]) -> dict[Cell, dict[str, dict]]:
+def missing_parts(spec: SweepSpec, archive: Path, first_memory: list[int]) -> dict[Cell, dict[str, dict]]:
     """{(steps, memory): {label: method entry}} for every method with a run of that cell not in the archive."""
     parts: dict[Cell, dict[str, dict]] = {}
-    for run in grid(load_sweep(sweep_file)):
-        if not finished(archive / "runs" / run.name):
+    for run in grid(spec):
+        if not RunFolder(archive / "runs" / run.name).is_finished():
             method = {"config": str(run.config_file.resolve()), "overrides": list(run.method_overrides)}
             parts.setdefault((run.steps, run.memory_per_class), {})[run.label] = method
     order = {m: i for i, m in enumerate(first_memory)}
@@ -45,7 +38,7 @@ def write_parts(sweep_file: Path, archive: Path, out_dir: Path, first_memory: li
     spec = load_sweep(sweep_file)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
-    for (steps, memory), methods in missing_parts(sweep_file, archive, first_memory).items():
+    for (steps, memory), methods in missing_parts(spec, archive, first_memory).items():
         part: dict = {"methods": methods, "seeds": spec.seeds, "shared_base_cache": spec.shared_base_cache}
         if steps is not None:
             part["steps"] = [steps]
