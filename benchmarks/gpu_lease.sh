@@ -24,7 +24,10 @@ START=$SECONDS
 exec > >(tee -a "$RESULTS/lease.log") 2>&1
 left() { echo $((DEADLINE - (SECONDS - START))); }
 
-$PY -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || export PYTHONPATH=$PWD/src
+# this checkout's sources, without installing: an editable install would re-point whichever
+# environment runs the script (a CPU try from a scratch clone leaves it at a deleted folder);
+# packed sweep workers put the same package root on their path
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 { nvidia-smi 2>&1; $PY -c "import torch, sircil; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'sircil', sircil.__version__)"; } > "$RESULTS/gpu.txt"
 cat "$RESULTS/gpu.txt"
 
